@@ -1,0 +1,1 @@
+"""absl binaries: flags only; the logic lives in the vec2face_tf library."""

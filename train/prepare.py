@@ -1,0 +1,3 @@
+"""placeholder"""
+def run():
+    print("ok")

@@ -1,0 +1,1 @@
+"""Installed home of the train/ and export/ binaries (see setup.py)."""
