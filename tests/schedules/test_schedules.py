@@ -191,3 +191,17 @@ def test_build_from_every_preset():
             num_scales=config.generator.rgb_scales)
         assert float(_value(built["identity"], 0)) == 0.0
         assert _value(built["scales"], 0).shape == (config.generator.rgb_scales,)
+
+
+def test_docs_plot_script_writes_a_small_png(tmp_path):
+    import importlib.util
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[2] / "docs" / "plot_schedules.py"
+    spec = importlib.util.spec_from_file_location("plot_schedules", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.plot_schedules("smoke", tmp_path / "schedules.png")
+    data = written.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 5_000 < len(data) < 100_000
