@@ -1,7 +1,9 @@
 """Golden values, shape invariants and serialisation of vec2face_tf.schedules."""
 
 import dataclasses
+import importlib.util
 import math
+import pathlib
 
 import keras
 import numpy as np
@@ -194,9 +196,6 @@ def test_build_from_every_preset():
 
 
 def test_docs_plot_script_writes_a_small_png(tmp_path):
-    import importlib.util
-    import pathlib
-
     script = pathlib.Path(__file__).resolve().parents[2] / "docs" / "plot_schedules.py"
     spec = importlib.util.spec_from_file_location("plot_schedules", script)
     module = importlib.util.module_from_spec(spec)
