@@ -17,6 +17,8 @@ from vec2face_tf.models.flow import (
     InvertibleConv1x1,
 )
 
+PRIORS = pytest.mark.parametrize("prior", ["standard_normal", "learned"])
+
 
 def tiny_flow(image_size: int = 8, levels: int = 2, seed: int = 0, **kwargs) -> BijectiveFlow:
     return BijectiveFlow(image_shape=(image_size, image_size, 3), levels=levels,
@@ -232,8 +234,9 @@ def test_flow_latent_shapes_cover_every_dimension():
     assert log_det.shape == (1,)
 
 
-def test_flow_round_trip_on_random_input():
-    flow = tiny_flow(image_size=16)
+@PRIORS
+def test_flow_round_trip_on_random_input(prior):
+    flow = tiny_flow(image_size=16, prior=prior)
     x = uniform_images([4, 16, 16, 3], seed=2)
     flow(x)
     perturb_trainable_weights(flow, 0.05, seed=3)
@@ -252,8 +255,9 @@ def test_flow_round_trip_on_real_faces(faces_dev):
     np.testing.assert_allclose(flow.inverse(latents).numpy(), faces.numpy(), atol=1e-4)
 
 
-def test_flow_log_det_matches_brute_force_jacobian():
-    flow = tiny_flow(image_size=8)
+@PRIORS
+def test_flow_log_det_matches_brute_force_jacobian(prior):
+    flow = tiny_flow(image_size=8, prior=prior)
     x = uniform_images([2, 8, 8, 3], seed=6)
     flow(x)
     perturb_trainable_weights(flow, 0.1, seed=7)
@@ -262,6 +266,29 @@ def test_flow_log_det_matches_brute_force_jacobian():
     # The two examples differ only through the couplings, which the perturbation woke up.
     assert abs(expected[0] - expected[1]) > 1e-3
     np.testing.assert_allclose(log_det.numpy(), expected, atol=1e-3)
+
+
+def test_learned_prior_starts_as_identity_then_changes_the_likelihood():
+    x = uniform_images([2, 8, 8, 3], seed=30)
+    plain = tiny_flow(image_size=8, seed=31)
+    learned = tiny_flow(image_size=8, seed=31, prior="learned")
+    plain_latents, plain_log_det = plain(x)
+    learned_latents, learned_log_det = learned(x)
+    np.testing.assert_allclose(learned_log_det.numpy(), plain_log_det.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(flatten_latents(learned_latents).numpy(),
+                               flatten_latents(plain_latents).numpy(), atol=1e-6)
+    # Moving only the prior's weights moves the latents and the log-det.
+    for prior_layer in learned.priors:
+        perturb_trainable_weights(prior_layer, 0.1, seed=32)
+    moved_latents, moved_log_det = learned(x)
+    assert np.abs(moved_log_det.numpy() - plain_log_det.numpy()).min() > 1e-2
+    assert np.abs(flatten_latents(moved_latents).numpy()
+                  - flatten_latents(plain_latents).numpy()).max() > 1e-2
+
+
+def test_flow_rejects_an_unknown_prior():
+    with pytest.raises(ValueError, match="unknown flow prior 'laplace'"):
+        tiny_flow(image_size=8, prior="laplace")
 
 
 def test_flow_forward_inside_tf_function_matches_eager():
@@ -290,8 +317,9 @@ def test_flow_rejects_bad_shapes():
         flow.inverse([tf.zeros([1, 4, 4, 6]), tf.zeros([1, 2, 2, 12])])
 
 
-def test_flow_get_config_round_trip():
-    flow = tiny_flow(image_size=8, seed=10)
+@PRIORS
+def test_flow_get_config_round_trip(prior):
+    flow = tiny_flow(image_size=8, seed=10, prior=prior)
     x = uniform_images([2, 8, 8, 3], seed=11)
     flow(x)
     perturb_trainable_weights(flow, 0.05, seed=12)
@@ -303,8 +331,9 @@ def test_flow_get_config_round_trip():
                                flatten_latents(flow(x)[0]).numpy(), atol=1e-6)
 
 
-def test_flow_save_and_load_keras_file(tmp_path):
-    flow = tiny_flow(image_size=8, seed=13)
+@PRIORS
+def test_flow_save_and_load_keras_file(prior, tmp_path):
+    flow = tiny_flow(image_size=8, seed=13, prior=prior)
     flow(uniform_images([4, 8, 8, 3], seed=14))
     perturb_trainable_weights(flow, 0.05, seed=15)
     path = tmp_path / "flow.keras"

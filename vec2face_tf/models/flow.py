@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 _PACKAGE = "vec2face"
+PRIORS = ("standard_normal", "learned")
 
 # The coupling scale is sigmoid(raw + _SCALE_OFFSET) / sigmoid(_SCALE_OFFSET): bounded in
 # (0, 1.135), so no step can blow activations up, and exactly 1 when the last conv is still
@@ -397,6 +398,79 @@ class FlowStep(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class LearnedPrior(keras.layers.Layer):
+    """Glow's learned prior, written as a bijection: ``eps = (z - mean) * exp(-log_std)``.
+
+    With ``conditional=True`` (a split level) mean and log_std come from a zero-initialised
+    3x3 conv over the channels that stay in the flow; otherwise (the top level) they are
+    learned per-position constants. A Gaussian prior N(mean, std) on z is the same as a
+    standard normal on eps plus this layer's log-det, so ``nll_bits_per_dim`` stays valid and
+    the layer starts as the identity.
+
+    Args:
+      conditional: condition on the kept channels (split levels) or not (the top level).
+    """
+
+    def __init__(self, conditional: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.conditional = conditional
+
+    def build(self, latent_shape, condition_shape=None):
+        channels = latent_shape[-1]
+        if self.conditional:
+            if condition_shape is None:
+                raise ValueError("a conditional LearnedPrior needs the condition's shape")
+            self.conditioner = keras.layers.Conv2D(
+                2 * channels, 3, padding="same", kernel_initializer="zeros",
+                bias_initializer="zeros", dtype=self.dtype_policy, name="conv_prior")
+            self.conditioner.build(condition_shape)
+        else:
+            self.mean = self.add_weight(name="mean", shape=tuple(latent_shape[1:]),
+                                        initializer="zeros")
+            self.log_std = self.add_weight(name="log_std", shape=tuple(latent_shape[1:]),
+                                           initializer="zeros")
+
+    def _mean_and_log_std(self, condition: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+        if not self.conditional:
+            return self.mean, self.log_std
+        if condition is None:
+            raise ValueError("a conditional LearnedPrior needs its condition tensor")
+        hidden = self.conditioner(condition)
+        return hidden[..., 0::2], hidden[..., 1::2]
+
+    def forward(self, z: tf.Tensor, condition: tf.Tensor | None = None
+                ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Whitens ``z`` under its learned prior.
+
+        Args:
+          z: [B, h, w, c] latent.
+          condition: [B, h, w, c'] kept channels (conditional prior only).
+
+        Returns:
+          (eps, log_det) with log_det = -sum(log_std), shape [B].
+        """
+        z = tf.convert_to_tensor(z, self.compute_dtype)
+        mean, log_std = self._mean_and_log_std(condition)
+        eps = (z - mean) * tf.exp(-log_std)
+        log_det = -tf.reduce_sum(log_std * tf.ones_like(z), axis=[1, 2, 3])
+        return eps, log_det
+
+    def inverse(self, eps: tf.Tensor, condition: tf.Tensor | None = None) -> tf.Tensor:
+        """Exact inverse of ``forward``: z = eps * exp(log_std) + mean."""
+        eps = tf.convert_to_tensor(eps, self.compute_dtype)
+        mean, log_std = self._mean_and_log_std(condition)
+        return eps * tf.exp(log_std) + mean
+
+    def call(self, z, condition=None):
+        return self.forward(z, condition)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"conditional": self.conditional})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class BijectiveFlow(keras.Model):
     """The multi-scale Glow flow H: images in [-0.5, 0.5] <-> a list of latents, one a level.
 
@@ -411,11 +485,15 @@ class BijectiveFlow(keras.Model):
       hidden_channels: width of each coupling's conditioning net.
       num_bits: bits per channel the data is quantised to (``preprocess``, NLL).
       seed: seeds the 1x1 convolutions' initial rotations; None draws fresh ones.
+      prior: "standard_normal" (latents are the flow's raw outputs) or "learned" (Glow's
+        learned prior: a conditional Gaussian on each split latent given the kept channels,
+        a learned Gaussian on the top latent; the returned latents are then whitened by it,
+        so they are standard normal under the model either way).
     """
 
     def __init__(self, image_shape: Sequence[int] = (64, 64, 3), levels: int = 3,
                  steps_per_level: int = 8, hidden_channels: int = 128, num_bits: int = 5,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, prior: str = "standard_normal", **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         image_shape = tuple(int(size) for size in image_shape)
@@ -429,6 +507,9 @@ class BijectiveFlow(keras.Model):
             raise ValueError(f"image height and width must be divisible by 2**levels = "
                              f"{factor}, got {image_shape[0]}x{image_shape[1]}")
         _check_num_bits(num_bits)
+        if prior not in PRIORS:
+            raise ValueError(f"unknown flow prior {prior!r}; choose one of {PRIORS}")
+        self.prior = prior
         self.image_shape = image_shape
         self.levels = levels
         self.steps_per_level = steps_per_level
@@ -440,6 +521,11 @@ class BijectiveFlow(keras.Model):
             FlowStep(hidden_channels, seed=None if seed is None else seed + 1000 * level + step,
                      dtype=self.dtype_policy, name=f"level{level}_step{step}")
             for level in range(levels) for step in range(steps_per_level)]
+        self.priors = []
+        if prior == "learned":
+            self.priors = [LearnedPrior(conditional=level < levels - 1, dtype=self.dtype_policy,
+                                        name=f"level{level}_prior")
+                           for level in range(levels)]
         self.build((None, *image_shape))
 
     @classmethod
@@ -458,8 +544,12 @@ class BijectiveFlow(keras.Model):
             for step in self._steps_of(level):
                 if not step.built:
                     step.build((None, height, width, channels))
-            if level < self.levels - 1:
-                channels = channels - channels // 2
+            latent_channels = channels // 2 if level < self.levels - 1 else channels
+            kept_channels = channels - latent_channels
+            if self.priors and not self.priors[level].built:
+                self.priors[level].build((None, height, width, latent_channels),
+                                         (None, height, width, kept_channels))
+            channels = kept_channels
         self.built = True
 
     def _steps_of(self, level: int) -> list[FlowStep]:
@@ -513,7 +603,13 @@ class BijectiveFlow(keras.Model):
                 log_det += step_log_det
             if level < self.levels - 1:
                 x, latent = split_channels(x)
+                if self.priors:
+                    latent, prior_log_det = self.priors[level].forward(latent, x)
+                    log_det += prior_log_det
                 latents.append(latent)
+        if self.priors:
+            x, prior_log_det = self.priors[-1].forward(x)
+            log_det += prior_log_det
         latents.append(x)
         return latents, log_det
 
@@ -531,9 +627,14 @@ class BijectiveFlow(keras.Model):
         """
         latents = self._check_latents(latents)
         x = latents[-1]
+        if self.priors:
+            x = self.priors[-1].inverse(x)
         for level in reversed(range(self.levels)):
             if level < self.levels - 1:
-                x = tf.concat([x, latents[level]], axis=-1)
+                latent = latents[level]
+                if self.priors:
+                    latent = self.priors[level].inverse(latent, x)
+                x = tf.concat([x, latent], axis=-1)
             for step in reversed(self._steps_of(level)):
                 x = step.inverse(x)
             x = unsqueeze(x)
@@ -604,8 +705,10 @@ class BijectiveFlow(keras.Model):
                          num_bits: int) -> tf.Tensor:
         """Negative log-likelihood of the quantised data in bits per dimension.
 
-        Uses a standard normal prior on every latent and counts the -log(2**num_bits) per
-        dimension of the discretisation, so uniform noise over the bins scores num_bits.
+        Uses a standard normal prior on every latent (with ``prior="learned"`` the latents are
+        already whitened by the learned prior and its log-det is in ``log_det``) and counts
+        the -log(2**num_bits) per dimension of the discretisation, so uniform noise over the
+        bins scores num_bits.
 
         Args:
           latents: the per-level latents from ``forward``.
@@ -633,7 +736,7 @@ class BijectiveFlow(keras.Model):
         config.update({"image_shape": list(self.image_shape), "levels": self.levels,
                        "steps_per_level": self.steps_per_level,
                        "hidden_channels": self.hidden_channels, "num_bits": self.num_bits,
-                       "seed": self.seed})
+                       "seed": self.seed, "prior": self.prior})
         return config
 
 
