@@ -40,7 +40,7 @@ def _check_image_tensor(x: tf.Tensor, what: str) -> None:
 
 
 def _spatial_size(x: tf.Tensor) -> tf.Tensor:
-    """Returns h * w of an NHWC tensor as a float of x's dtype (static when known)."""
+    """Returns h * w of an NHWC tensor as a scalar of x's dtype."""
     shape = tf.shape(x)
     return tf.cast(shape[1] * shape[2], x.dtype)
 
@@ -378,14 +378,28 @@ class FlowStep(keras.layers.Layer):
                 layer.build(input_shape)
 
     def forward(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Runs the three layers; returns (y, log_det [B]) summed over them."""
+        """Runs the three layers.
+
+        Args:
+          x: [B, h, w, C].
+
+        Returns:
+          (y, log_det) with log_det [B] summed over the three layers.
+        """
         x, log_det = self.actnorm.forward(x)
         x, conv_log_det = self.conv1x1.forward(x)
         x, coupling_log_det = self.coupling.forward(x)
         return x, log_det + conv_log_det + coupling_log_det
 
     def inverse(self, y: tf.Tensor) -> tf.Tensor:
-        """Exact inverse of ``forward``."""
+        """Exact inverse of ``forward``.
+
+        Args:
+          y: [B, h, w, C].
+
+        Returns:
+          x with forward(x)[0] == y.
+        """
         return self.actnorm.inverse(self.conv1x1.inverse(self.coupling.inverse(y)))
 
     def call(self, x):
@@ -456,7 +470,15 @@ class LearnedPrior(keras.layers.Layer):
         return eps, log_det
 
     def inverse(self, eps: tf.Tensor, condition: tf.Tensor | None = None) -> tf.Tensor:
-        """Exact inverse of ``forward``: z = eps * exp(log_std) + mean."""
+        """Exact inverse of ``forward``: z = eps * exp(log_std) + mean.
+
+        Args:
+          eps: [B, h, w, c] whitened latent.
+          condition: the same kept channels ``forward`` saw (conditional prior only).
+
+        Returns:
+          z with forward(z, condition)[0] == eps.
+        """
         eps = tf.convert_to_tensor(eps, self.compute_dtype)
         mean, log_std = self._mean_and_log_std(condition)
         return eps * tf.exp(log_std) + mean
@@ -531,7 +553,17 @@ class BijectiveFlow(keras.Model):
     @classmethod
     def from_flow_config(cls, flow_config, resolution: int, channels: int = 3,
                          **kwargs) -> BijectiveFlow:
-        """Builds the flow of a ``vec2face_tf.config.FlowConfig`` at ``resolution``."""
+        """Builds the flow of a ``vec2face_tf.config.FlowConfig``.
+
+        Args:
+          flow_config: a ``FlowConfig`` (levels, steps_per_level, hidden_channels, num_bits).
+          resolution: image height and width (``DataConfig.resolution``).
+          channels: image channels.
+          **kwargs: passed to the constructor (seed, prior, name, dtype).
+
+        Returns:
+          The built, not yet ActNorm-initialised flow.
+        """
         return cls(image_shape=(resolution, resolution, channels), levels=flow_config.levels,
                    steps_per_level=flow_config.steps_per_level,
                    hidden_channels=flow_config.hidden_channels,
