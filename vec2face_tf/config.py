@@ -46,6 +46,7 @@ class FlowConfig:
     steps_per_level: int = 8
     hidden_channels: int = 128
     num_bits: int = 5  # Bits kept per channel before uniform dequantisation.
+    prior: str = "learned"  # "learned" (Glow's conditional prior) or "standard_normal".
     # Weights of each latent level in the bijective metric; empty means equal weights.
     level_weights: tuple[float, ...] = ()
 
