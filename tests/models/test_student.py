@@ -153,3 +153,21 @@ def test_adam_steps_change_weights_and_raise_cosine_to_targets(student):
     assert final < 0.5 * initial
     assert all(not np.array_equal(b, w.numpy())
                for b, w in zip(before, student.trainable_weights))
+
+
+def test_student_composes_with_the_flow():
+    from vec2face_tf.models.flow import BijectiveFlow
+
+    flow = BijectiveFlow(image_shape=(8, 8, 3), levels=2, steps_per_level=1, hidden_channels=4,
+                         seed=0)
+    images = tf.random.stateless_uniform((2, 8, 8, 3), seed=(1, 2), minval=-0.5, maxval=0.5)
+    head = StudentHead(flow.latent_shapes, embedding_dim=4, hidden_units=8, dropout=0.0)
+    with tf.GradientTape() as tape:
+        latents, _ = flow.forward(images)
+        features = head(latents)
+        loss = tf.reduce_sum(features[:, 0])
+    np.testing.assert_allclose(np.linalg.norm(features.numpy(), axis=1), 1.0, atol=1e-5)
+    # S = C∘H is trained end to end in stage 1: the gradient reaches every flow variable.
+    gradients = tape.gradient(loss, flow.trainable_variables)
+    assert gradients and all(g is not None for g in gradients)
+    assert max(float(tf.reduce_max(tf.abs(g))) for g in gradients) > 0
