@@ -217,3 +217,23 @@ def test_adam_steps_change_weights_and_reduce_a_toy_loss(generator):
     changed = [not np.array_equal(b, w.numpy())
                for b, w in zip(before, generator.trainable_weights)]
     assert all(changed)
+
+
+def test_converts_to_tflite_with_builtin_ops_only(generator, tmp_path):
+    # Guards the static shapes TFLite needs: a dynamic-shape upsampling made the converter
+    # demand Flex (TF Select) kernels for the following Conv2D.
+    from ai_edge_litert.interpreter import Interpreter
+
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    archive.add_endpoint(
+        "serving_default", lambda embedding: {"image": generator(embedding)},
+        input_signature=[tf.TensorSpec([None, EMBEDDING_DIM], tf.float32, name="embedding")])
+    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved_model"))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    runner = Interpreter(model_content=converter.convert()).get_signature_runner(
+        "serving_default")
+    embedding, _ = _inputs(batch=2)
+    np.testing.assert_allclose(runner(embedding=embedding)["image"],
+                               generator(embedding).numpy(), atol=1e-4)

@@ -84,7 +84,9 @@ class ModulatedConvBlock(keras.layers.Layer):
 
     Args:
       filters: output channels.
-      upsample: whether to double the spatial size first (nearest neighbour; the convs smooth).
+      upsample: whether to double the spatial size first. Bilinear, not nearest: Keras's
+        nearest upsampling (a dynamic repeat) loses the static height, and the TFLite
+        converter then cannot lower the next Conv2D (ERROR_NEEDS_FLEX_OPS).
     """
 
     def __init__(self, filters: int, upsample: bool = True, **kwargs):
@@ -92,7 +94,8 @@ class ModulatedConvBlock(keras.layers.Layer):
         self.filters = _check_positive_int("filters", filters)
         self.upsample = bool(upsample)
         policy = self.dtype_policy
-        self.upsampling = keras.layers.UpSampling2D(2, dtype=policy, name="upsampling")
+        self.upsampling = keras.layers.UpSampling2D(2, interpolation="bilinear", dtype=policy,
+                                                     name="upsampling")
         self.conv_1 = keras.layers.Conv2D(filters, 3, padding="same", dtype=policy, name="conv_1")
         self.conv_2 = keras.layers.Conv2D(filters, 3, padding="same", dtype=policy, name="conv_2")
         self.modulation_1 = AdaptiveInstanceNormalization(dtype=policy, name="modulation_1")
