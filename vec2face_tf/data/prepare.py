@@ -59,6 +59,7 @@ class PrepareStats:
       cache_skipped: skip records in the whole cache by reason.
       ignored_files: files in the source folder that are not photos by extension or place.
       seconds: wall time of the run, worker start-up included.
+      startup_seconds: of which, until the engine was loaded and answering.
     """
 
     cache_dir: str
@@ -71,6 +72,7 @@ class PrepareStats:
     cache_skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     ignored_files: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0
 
     @property
     def processed(self) -> int:
@@ -184,7 +186,15 @@ class _Runner:
     def describe(self) -> tuple[str, int]:
         if self._executor is None:
             return _describe_engine()
-        return self._executor.submit(_describe_engine).result()
+        # One call per worker, so every process starts and loads its models now, in parallel.
+        try:
+            answers = [self._executor.submit(_describe_engine) for _ in range(self.workers)]
+            return [answer.result() for answer in answers][0]
+        except concurrent.futures.process.BrokenProcessPool as error:
+            raise RuntimeError(
+                "prepare's worker processes died while starting. They are spawned, so a script "
+                "that calls prepare() must do so under `if __name__ == '__main__':`; their "
+                "own error is printed above") from error
 
     def run(self, chunks: Iterator[list[_Task]]) -> Iterator[list]:
         """Yields each chunk's outcomes in submission order."""
@@ -218,6 +228,8 @@ def prepare(source: FaceSource | str, engine_spec: str, cache_dir: str | os.Path
     A rerun resumes: files whose key or content is already in the cache are not decoded
     again, and duplicate files are embedded once (the copies are recorded as ``duplicate``).
     Results are written in shards of ``shard_size``; Ctrl-C writes what is done first.
+    Workers are spawned (not forked, which is unsafe after TensorFlow started threads), so a
+    script calling this with ``workers > 0`` needs the ``if __name__ == "__main__":`` guard.
 
     Args:
       source: a FaceSource or a spec for ``open_source`` (folder, ``tfds:lfw``, ...).
@@ -252,12 +264,14 @@ def prepare(source: FaceSource | str, engine_spec: str, cache_dir: str | os.Path
                                max_pixels))
     try:
         engine_name, dim = runner.describe()
+        startup_seconds = time.perf_counter() - started
         cache = EmbeddingCache(cache_dir, engine_name, crop, dim=dim)
         with cache.lock():
             cache.write_meta(source_spec=source.spec,
                              source_root=str(source.root.resolve()) if source.root else None)
             stats = PrepareStats(cache_dir=str(cache.directory), engine=engine_name,
-                                 ignored_files=len(source.ignored_files()))
+                                 ignored_files=len(source.ignored_files()),
+                                 startup_seconds=startup_seconds)
             _run(source, cache, runner, stats, max_images, batch_size, shard_size, progress)
             stats.seconds = time.perf_counter() - started
             stats.cache_skipped = cache.reason_counts()
