@@ -152,6 +152,31 @@ def test_kill_9_mid_run_then_resume_loses_nothing_and_repeats_nothing(faces_dev,
     assert report.ok and report.faces == 16
 
 
+@pytest.mark.fault
+def test_ctrl_c_saves_finished_work_before_exiting(faces_dev, tmp_path):
+    keys = copy_faces(faces_dev, tmp_path / "data", 16)
+    cache_dir = tmp_path / "cache"
+    script = _KILLABLE_RUN.replace("shard_size=2", "shard_size=1000")
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data"),
+                                str(cache_dir)], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        # Nothing reaches disk before the 1000-photo shard fills, except through Ctrl-C.
+        while process.poll() is None and not list(cache_dir.glob("*/*/meta.json")):
+            time.sleep(0.05)
+        time.sleep(1.5)
+        assert process.poll() is None, "the run finished before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    saved = cached_keys(cache_dir)
+    assert 1 <= len(saved) < 16 and saved == keys[:len(saved)]
+    assert not list(cache_dir.glob("*/*/*.tmp"))
+
+
 def test_a_second_concurrent_run_is_refused(faces_dev, tmp_path):
     copy_faces(faces_dev, tmp_path / "data", 1)
     cache = EmbeddingCache(tmp_path / "cache", "dlib", CropSpec())
@@ -162,3 +187,16 @@ def test_a_second_concurrent_run_is_refused(faces_dev, tmp_path):
 def test_bad_arguments_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="workers >= 0"):
         prepare(str(tmp_path), "dlib", tmp_path / "cache", workers=-1)
+
+
+def test_prepare_reads_a_tfds_source(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from vec2face_tf.data.sources import open_source
+
+    with tfds.testing.mock_data(num_examples=3):
+        source = open_source("tfds:lfw", data_dir=str(tmp_path / "tfds"), check_network=False)
+        stats = prepare(source, "dlib", tmp_path / "cache", workers=0, progress=False)
+    # Mock photos are random noise: each is decoded and honestly reported as faceless.
+    assert stats.seen == 3 and stats.skipped == {"no_face": 3} and stats.embedded == 0
+    meta = EmbeddingCache(tmp_path / "cache", "dlib").read_meta()
+    assert meta["source"] == "tfds:lfw" and "source_root" not in meta
