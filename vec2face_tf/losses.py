@@ -247,13 +247,18 @@ def batch_hard_triplet_loss(reconstruction_latents: Sequence[tf.Tensor],
 
 
 def identity_loss(student_vectors: tf.Tensor, target_vectors: tf.Tensor,
-                  reduction: str = "sum_over_batch_size",
+                  center: tf.Tensor | None = None, reduction: str = "sum_over_batch_size",
                   global_batch_size: int | tf.Tensor | None = None) -> tf.Tensor:
-    """Identity loss ``1 - cos(S(G(x, n)), x)``; the inputs need not be unit vectors.
+    """Identity loss ``1 - cos(S(G(x, n)) - c, x - c)``; the inputs need not be unit vectors.
+
+    The same angular measure as ``distillation_loss``, read the other way round: here the
+    student judges a generated image against the vector it was generated from.
 
     Args:
       student_vectors: float[B, D], the student's features of generated images.
       target_vectors: float[B, D], the engine features the images were generated from.
+      center: optional float[D] common component removed from both (see
+        ``distillation_loss``).
       reduction: see ``reduce_per_example``.
       global_batch_size: see ``reduce_per_example``.
 
@@ -263,9 +268,8 @@ def identity_loss(student_vectors: tf.Tensor, target_vectors: tf.Tensor,
     Raises:
       ValueError: for inputs that are not [B, D] with matching shapes.
     """
-    per_example = 1.0 - _cosine(student_vectors, target_vectors, "student_vectors",
-                                "target_vectors")
-    return reduce_per_example(per_example, reduction, global_batch_size)
+    return distillation_loss(student_vectors, target_vectors, center=center,
+                             reduction=reduction, global_batch_size=global_batch_size)
 
 
 def distillation_loss(student_vectors: tf.Tensor, teacher_vectors: tf.Tensor,

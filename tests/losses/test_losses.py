@@ -359,3 +359,11 @@ def test_sum_over_replicas_equals_single_device_mean():
     assert single == pytest.approx(expected, rel=1e-6)
     assert mirrored == pytest.approx(single, rel=1e-6)
     assert math.isfinite(mirrored)
+
+
+def test_identity_loss_with_center_golden():
+    # Student (1, 1) and target (1, 0), centre (0, 1): centred vectors are (1, 0) and (1, -1),
+    # cos = 1 / sqrt(2), loss = 1 - 0.70710678 = 0.29289322.
+    loss = losses.identity_loss(tf.constant([[1.0, 1.0]]), tf.constant([[1.0, 0.0]]),
+                                center=tf.constant([0.0, 1.0]), reduction="none")
+    np.testing.assert_allclose(loss.numpy(), [0.29289322], atol=1e-6)

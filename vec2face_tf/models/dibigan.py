@@ -1,0 +1,296 @@
+"""DiBiGAN's two training models (DESIGN §1 items 3, 6-8).
+
+* ``FlowStudentTrainer`` (stage 1) trains the bijective flow ``H`` and the student head ``C``
+  together: flow NLL in bits/dim plus the angular distillation loss against the engine's
+  cached vectors.
+* ``DiBiGAN`` (stage 2) trains the generator and the discriminator with ``H`` frozen. Its
+  ``train_step`` does the D step and then the G step (adversarial + batch-hard triplet in the
+  flow's latent space + identity through the student), weighted by the exponential schedules
+  of the current step. The generator's optimizer keeps the EMA copy that gets exported.
+
+Every loss is scaled by the global batch size, so one replica and N replicas give the same
+numbers for the same global batch. The blackbox engine never appears here: identity reaches
+the generator only through the student ``S = C∘H``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from vec2face_tf import losses as losses_lib
+from vec2face_tf import schedules as schedules_lib
+from vec2face_tf.config import Config
+from vec2face_tf.models import flow as flow_lib
+from vec2face_tf.models.discriminator import Discriminator
+from vec2face_tf.models.generator import Generator
+from vec2face_tf.models.student import StudentHead
+
+
+@dataclasses.dataclass
+class DiBiGANParts:
+    """The four networks of DiBiGAN, built from one config."""
+
+    flow: keras.Model
+    student: keras.Model
+    generator: keras.Model
+    discriminator: keras.Model
+
+
+def build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
+    """Builds H, C, G and D for ``config`` at ``config.data.resolution``."""
+    resolution = config.data.resolution
+    # ActNorm initialises from the first batch it sees, so the flow must not be called on
+    # placeholder data here; the trainer calls it on real faces first.
+    flow = flow_lib.BijectiveFlow.from_flow_config(config.flow, resolution,
+                                                   prior=config.flow.prior)
+    student = StudentHead(
+        latent_shapes=[tuple(shape) for shape in flow.latent_shapes],
+        embedding_dim=embedding_dim, hidden_units=config.student.hidden_units,
+        dropout=config.student.dropout)
+    student([tf.zeros([1, *shape]) for shape in flow.latent_shapes])
+    generator = Generator(
+        resolution=resolution, embedding_dim=embedding_dim,
+        noise_dim=config.generator.noise_dim, base_channels=config.generator.base_channels,
+        min_channels=config.generator.min_channels,
+        start_resolution=config.generator.start_resolution,
+        rgb_scales=config.generator.rgb_scales)
+    generator([tf.zeros([1, embedding_dim]), tf.zeros([1, config.generator.noise_dim])])
+    discriminator = Discriminator(
+        resolution=resolution, embedding_dim=embedding_dim,
+        base_channels=config.discriminator.base_channels,
+        max_channels=config.discriminator.max_channels)
+    discriminator([tf.zeros([1, resolution, resolution, 3]), tf.zeros([1, embedding_dim])])
+    return DiBiGANParts(flow, student, generator, discriminator)
+
+
+def per_example_noise(embeddings: tf.Tensor, step: tf.Tensor, noise_dim: int) -> tf.Tensor:
+    """Standard-normal noise that is a pure function of (embedding, step).
+
+    Drawing noise from a stateful generator would give each replica its own stream, so two
+    replicas would not reproduce one replica's losses for the same global batch. Seeding each
+    example from its own embedding and the step makes the noise independent of how the batch
+    is split.
+    """
+    quantised = tf.cast(tf.round(embeddings * 65536.0), tf.int64)
+    weights = tf.range(1, tf.shape(embeddings)[-1] + 1, dtype=tf.int64) * 2654435761
+    fingerprints = tf.math.floormod(tf.reduce_sum(quantised * weights, axis=-1), 2**31 - 1)
+    seeds = tf.stack([fingerprints, tf.fill(tf.shape(fingerprints), tf.cast(step, tf.int64))],
+                     axis=-1)
+    return tf.map_fn(
+        lambda seed: tf.random.stateless_normal([noise_dim], seed=seed),
+        seeds, fn_output_signature=tf.float32)
+
+
+class FlowStudentTrainer(keras.Model):
+    """Stage 1: trains the flow ``H`` (NLL, bits/dim) and the student head ``C`` (distillation).
+
+    Args:
+      flow: the bijective flow.
+      student: the student head over the flow's latents.
+      num_bits: bits per channel kept before dequantisation.
+      distillation_weight: weight of the distillation loss against the NLL.
+      center: mean engine vector subtracted before the cosine (dlib vectors share a large
+        common component), or None.
+      global_batch_size: the global batch size the losses are averaged over.
+    """
+
+    def __init__(self, flow, student, num_bits: int, distillation_weight: float = 1.0,
+                 center=None, global_batch_size: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.flow = flow
+        self.student = student
+        self.num_bits = num_bits
+        self.distillation_weight = distillation_weight
+        self.center = None if center is None else tf.constant(center, tf.float32)
+        self.global_batch_size = global_batch_size
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.nll_tracker = keras.metrics.Mean(name="bits_per_dim")
+        self.distillation_tracker = keras.metrics.Mean(name="distillation")
+        self.cosine_tracker = keras.metrics.Mean(name="student_cosine")
+        self.built = True
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.nll_tracker, self.distillation_tracker,
+                self.cosine_tracker]
+
+    def call(self, images, training=False):
+        x = flow_lib.BijectiveFlow.preprocess(images, self.num_bits, dequantize=False)
+        latents, _ = self.flow.forward(x, training=training)
+        return self.student(latents, training=training)
+
+    def train_step(self, data):
+        images, embeddings, _ = data
+        with tf.GradientTape() as tape:
+            x = flow_lib.BijectiveFlow.preprocess(images, self.num_bits, dequantize=True)
+            latents, log_det = self.flow.forward(x, training=True)
+            bits_per_dim = flow_lib.BijectiveFlow.nll_bits_per_dim(latents, log_det, self.num_bits)
+            nll = losses_lib.reduce_per_example(
+                bits_per_dim, global_batch_size=self.global_batch_size)
+            student_vectors = self.student(latents, training=True)
+            distillation = losses_lib.distillation_loss(
+                student_vectors, embeddings, center=self.center,
+                global_batch_size=self.global_batch_size)
+            loss = nll + self.distillation_weight * distillation
+        variables = self.flow.trainable_variables + self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        cosine = -keras.losses.cosine_similarity(embeddings, student_vectors)
+        self.loss_tracker.update_state(loss)
+        self.nll_tracker.update_state(bits_per_dim)
+        self.distillation_tracker.update_state(distillation)
+        self.cosine_tracker.update_state(cosine)
+        return {m.name: m.result() for m in self.metrics}
+
+
+class DiBiGAN(keras.Model):
+    """Stage 2: the feature-conditional GAN with the bijective metric and identity losses.
+
+    ``compile(d_optimizer=..., g_optimizer=...)`` takes the two optimizers; give the generator's
+    ``use_ema=True`` so that ``ema_generator()`` returns the averaged copy to export.
+
+    Args:
+      parts: the four networks. Only G and D are updated here: the G step differentiates the
+        generator's variables alone, so H and C stay as stage 1 (and the refresh) left them.
+      config: the training config (losses, schedules, flow bits).
+      center: mean engine vector used by the identity loss (see FlowStudentTrainer).
+      global_batch_size: the global batch size the losses are averaged over.
+    """
+
+    def __init__(self, parts: DiBiGANParts, config: Config, center=None,
+                 global_batch_size: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.flow = parts.flow
+        self.student = parts.student
+        self.generator = parts.generator
+        self.discriminator = parts.discriminator
+        self.config = config
+        self.center = None if center is None else tf.constant(center, tf.float32)
+        self.global_batch_size = global_batch_size
+        self.weight_schedules = schedules_lib.build_loss_weight_schedules(
+            config.schedule, pixel_weight=config.losses.l1_weight,
+            num_scales=config.generator.rgb_scales)
+        level_weights = config.flow.level_weights or None
+        self.level_weights = None if level_weights is None else list(level_weights)
+        names = ["d_loss", "g_loss", "g_adversarial", "identity", "metric", "pixel",
+                 "student_cosine", "d_real", "d_fake"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.weight_trackers = {name: keras.metrics.Mean(name=f"w_{name}")
+                                for name in ("identity", "metric", "pixel")}
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values()) + list(self.weight_trackers.values())
+
+    def compile(self, d_optimizer, g_optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.d_optimizer = d_optimizer
+        self.g_optimizer = g_optimizer
+
+    def build_optimizers(self):
+        """Creates the optimizer variables; call inside ``strategy.scope()`` before ``fit``.
+
+        Built lazily inside a replica context, Adam's variables fail under MirroredStrategy
+        with more than one replica (shared/notes/deps.md §1).
+        """
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.g_optimizer.build(self.generator.trainable_variables)
+
+    def call(self, inputs, training=False):
+        embeddings, noise = inputs
+        return self.generator([embeddings, noise], training=training)
+
+    def _latents(self, images):
+        x = flow_lib.BijectiveFlow.preprocess(images, self.config.flow.num_bits, dequantize=False)
+        latents, _ = self.flow.forward(x, training=False)
+        return latents
+
+    def train_step(self, data):
+        images, embeddings, labels = data
+        step = self.g_optimizer.iterations
+        noise = per_example_noise(embeddings, step, self.config.generator.noise_dim)
+        kind = self.config.losses.adversarial
+        batch = self.global_batch_size
+
+        # D step.
+        fake_images = self.generator([embeddings, noise], training=True)
+        with tf.GradientTape() as d_tape:
+            if self.config.losses.r1_gamma > 0:
+                with tf.GradientTape() as r1_tape:
+                    r1_tape.watch(images)
+                    real_logits = self.discriminator([images, embeddings], training=True)
+                real_gradients = r1_tape.gradient(tf.reduce_sum(real_logits), images)
+                r1 = losses_lib.r1_penalty(real_gradients, gamma=self.config.losses.r1_gamma,
+                                           global_batch_size=batch)
+            else:
+                real_logits = self.discriminator([images, embeddings], training=True)
+                r1 = 0.0
+            fake_logits = self.discriminator([fake_images, embeddings], training=True)
+            d_loss = losses_lib.discriminator_adversarial_loss(
+                real_logits, fake_logits, kind=kind, global_batch_size=batch)
+            d_loss += r1
+        d_variables = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(
+            zip(d_tape.gradient(d_loss, d_variables), d_variables))
+
+        # G step.
+        weights = {name: tf.cast(schedule(step), tf.float32)
+                   for name, schedule in self.weight_schedules.items()}
+        with tf.GradientTape() as g_tape:
+            fake_images, fake_scales = self.generator(
+                [embeddings, noise], training=True, return_all_scales=True)
+            fake_logits = self.discriminator([fake_images, embeddings], training=True)
+            g_adversarial = losses_lib.generator_adversarial_loss(
+                fake_logits, kind=kind, global_batch_size=batch)
+            fake_latents = self._latents(fake_images)
+            real_latents = self._latents(images)
+            metric = losses_lib.batch_hard_triplet_loss(
+                fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
+                level_weights=self.level_weights, global_batch_size=batch)
+            student_vectors = self.student(fake_latents, training=False)
+            identity = losses_lib.identity_loss(
+                student_vectors, embeddings, center=self.center, global_batch_size=batch)
+            pixel = self._multiscale_l1(fake_scales, images, weights["scales"])
+            g_loss = (g_adversarial + weights["identity"] * identity
+                      + weights["metric"] * metric + weights["pixel"] * pixel)
+        g_variables = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(
+            zip(g_tape.gradient(g_loss, g_variables), g_variables))
+
+        cosine = -keras.losses.cosine_similarity(embeddings, student_vectors)
+        values = {"d_loss": d_loss, "g_loss": g_loss, "g_adversarial": g_adversarial,
+                  "identity": identity, "metric": metric, "pixel": pixel,
+                  "student_cosine": cosine, "d_real": real_logits, "d_fake": fake_logits}
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        for name, tracker in self.weight_trackers.items():
+            tracker.update_state(weights[name])
+        return {m.name: m.result() for m in self.metrics}
+
+    def _multiscale_l1(self, fake_scales, images, scale_weights):
+        """L1 at every generator output scale (coarse to fine), weighted by ``scale_weights``."""
+        total = 0.0
+        for index, fake in enumerate(fake_scales):
+            size = fake.shape[1]
+            real = images if size == images.shape[1] else tf.image.resize(
+                images, [size, size], method="area")
+            total += scale_weights[index] * losses_lib.l1_reconstruction_loss(
+                fake, real, global_batch_size=self.global_batch_size)
+        return total
+
+    def ema_generator(self) -> keras.Model:
+        """A copy of the generator holding the optimizer's exponential moving average."""
+        ema = Generator.from_config(self.generator.get_config())
+        ema([tf.zeros([1, self.generator.embedding_dim]),
+             tf.zeros([1, self.generator.noise_dim])])
+        optimizer = self.g_optimizer
+        averages = getattr(optimizer, "_model_variables_moving_average", None)
+        for source, target in zip(self.generator.variables, ema.variables, strict=True):
+            value = source
+            if averages and source.trainable:
+                value = averages[optimizer._get_variable_index(source)]
+            target.assign(value)
+        return ema
