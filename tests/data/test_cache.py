@@ -1,7 +1,9 @@
 """The embedding cache: round trips, atomic shards, no pickle, lock, integrity checks."""
 
 import dataclasses
-import multiprocessing
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -115,29 +117,30 @@ def test_empty_cache_load_names_the_fix(tmp_path):
         EmbeddingCache(tmp_path, "dlib", CROP).load()
 
 
-def _try_lock(cache_dir, queue):
-    try:
-        with EmbeddingCache(cache_dir, "fake:model/v1", CROP).lock():
-            queue.put("acquired")
-    except CacheError as error:
-        queue.put(str(error))
+_TRY_LOCK = """
+import sys
+from vec2face_tf.config import CropSpec
+from vec2face_tf.data.cache import CacheError, EmbeddingCache
+try:
+    with EmbeddingCache(sys.argv[1], "fake:model/v1", CropSpec(size=16)).lock():
+        print("acquired")
+except CacheError as error:
+    print(error)
+"""
+
+
+def try_lock_elsewhere(cache_dir) -> str:
+    """Tries the lock from another process (flock locks are per open file, across processes)."""
+    return subprocess.run([sys.executable, "-c", _TRY_LOCK, str(cache_dir)], capture_output=True,
+                          text=True, check=True, timeout=60).stdout.strip()
 
 
 def test_lock_refuses_a_second_run_with_a_clear_message(tmp_path):
     cache = new_cache(tmp_path)
-    queue = multiprocessing.get_context("fork").Queue()
     with cache.lock():
-        process = multiprocessing.get_context("fork").Process(target=_try_lock,
-                                                              args=(tmp_path, queue))
-        process.start()
-        process.join(30)
-        message = queue.get(timeout=5)
-    assert "locked by another prepare run" in message and "pid" in message
-    process = multiprocessing.get_context("fork").Process(target=_try_lock,
-                                                          args=(tmp_path, queue))
-    process.start()
-    process.join(30)
-    assert queue.get(timeout=5) == "acquired"
+        message = try_lock_elsewhere(tmp_path)
+    assert "locked by another prepare run" in message and f"pid {os.getpid()}" in message
+    assert try_lock_elsewhere(tmp_path) == "acquired"
 
 
 def test_verify_finds_duplicates_changed_files_and_bad_shards(tmp_path):
