@@ -1,0 +1,61 @@
+r"""Trains DiBiGAN against a blackbox engine.
+
+  vec2face-train --preset=cpu64 --data=/path/to/faces --engine=dlib --model_dir=runs/dlib64
+  vec2face-train --preset=smoke --data=tfds:lfw --model_dir=/tmp/smoke
+  vec2face-train --flagfile=run.flags --config=generator.base_channels=128
+
+Rerunning with the same --model_dir resumes from its latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags
+
+_PRESET = flags.DEFINE_enum("preset", "cpu64", ["smoke", "cpu64", "paper128"],
+                            "Config preset: smoke (CI, 32 px), cpu64 (64 px), paper128.")
+_DATA = flags.DEFINE_string("data", None, "Folder <identity>/<image>, or tfds:lfw / tfds:celeb_a.")
+_ENGINE = flags.DEFINE_string("engine", None, "Engine spec (default: the preset's, dlib).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output folder; a rerun resumes from it.")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Embedding cache (default <model_dir>/cache).")
+_STRATEGY = flags.DEFINE_enum("strategy", "default",
+                              ["default", "mirrored", "multiworker", "onedevice"],
+                              "tf.distribute strategy.")
+_STAGE1_STEPS = flags.DEFINE_integer("stage1_steps", None, "Flow + student steps.",
+                                     lower_bound=0)
+_STAGE2_STEPS = flags.DEFINE_integer("stage2_steps", None, "GAN steps.", lower_bound=0)
+_CONFIG = flags.DEFINE_multi_string("config", [], "Config override section.field=value.")
+_WORKERS = flags.DEFINE_integer("workers", 2, "Processes that align and embed.", lower_bound=0)
+_MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use only the first N photos (0 = all).",
+                                   lower_bound=0)
+flags.mark_flags_as_required(["data", "model_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from vec2face_tf import config as config_lib
+    from vec2face_tf.training import trainer
+
+    overrides = list(_CONFIG.value)
+    if _ENGINE.value:
+        overrides.append(f"engine={_ENGINE.value}")
+    if _STAGE1_STEPS.value is not None:
+        overrides.append(f"train.stage1_steps={_STAGE1_STEPS.value}")
+    if _STAGE2_STEPS.value is not None:
+        overrides.append(f"train.stage2_steps={_STAGE2_STEPS.value}")
+    try:
+        config = config_lib.get_config(_PRESET.value, overrides)
+        result = trainer.train(config, _DATA.value, _MODEL_DIR.value, cache_dir=_CACHE_DIR.value,
+                               strategy_name=_STRATEGY.value, workers=_WORKERS.value,
+                               max_images=_MAX_IMAGES.value)
+    except trainer.EXPECTED_ERRORS as error:
+        sys.exit(f"error: {error}")
+    print(f"trained: {result.model_dir} (engine queries: {result.engine_queries})")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,241 @@
+"""Training callbacks: the student refresh from engine queries, and image grids."""
+
+from __future__ import annotations
+
+import io
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vec2face_tf import losses as losses_lib
+from vec2face_tf.engines.base import Engine
+from vec2face_tf.models import flow as flow_lib
+
+
+def to_uint8(images) -> np.ndarray:
+    """Converts images in [-1, 1] to uint8 RGB."""
+    images = np.asarray(images, dtype=np.float32)
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+class ReplayBuffer:
+    """A bounded FIFO of (generated image, teacher vector) pairs labelled by the engine.
+
+    Args:
+      capacity: the most pairs kept; the oldest leave first.
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"replay buffer capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.images: np.ndarray | None = None
+        self.vectors: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.images is None else len(self.images)
+
+    def add(self, images: np.ndarray, vectors: np.ndarray) -> None:
+        if len(images) != len(vectors):
+            raise ValueError(f"{len(images)} images but {len(vectors)} vectors")
+        if self.images is None:
+            self.images, self.vectors = images[-self.capacity:], vectors[-self.capacity:]
+        else:
+            self.images = np.concatenate([self.images, images])[-self.capacity:]
+            self.vectors = np.concatenate([self.vectors, vectors])[-self.capacity:]
+
+    def sample(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if not len(self):
+            raise ValueError("the replay buffer is empty")
+        index = rng.choice(len(self), size=count, replace=len(self) < count)
+        return self.images[index], self.vectors[index]
+
+
+class StudentRefresh(keras.callbacks.Callback):
+    """Keeps the student ``S = C∘H`` faithful to the engine on generated images.
+
+    Every ``every`` steps it generates faces for real engine vectors, queries the engine
+    (``Engine.embed`` only: numpy in, numpy out, so no gradient can reach the engine), adds the
+    labelled pairs to a bounded replay buffer, and trains the student head ``C`` (the flow
+    stays frozen) on real ∪ buffer for ``distill_steps`` steps. Engine queries are counted and
+    capped by ``max_queries``.
+
+    Args:
+      engine: the blackbox engine.
+      real_images: float32[N, R, R, 3] in [-1, 1], real aligned faces.
+      real_embeddings: float32[N, D], their engine vectors.
+      every: refresh period in generator steps.
+      buffer_size: capacity of the replay buffer.
+      max_queries: the most images ever sent to the engine.
+      queries_per_refresh: generated images labelled per refresh.
+      distill_steps: student updates per refresh.
+      batch_size: images per student update (half real, half replayed).
+      learning_rate: the student optimizer's learning rate.
+      center: mean engine vector for the centred distillation loss, or None.
+      seed: seed of the sampling.
+    """
+
+    def __init__(self, engine: Engine, real_images: np.ndarray, real_embeddings: np.ndarray,
+                 every: int, buffer_size: int, max_queries: int, queries_per_refresh: int = 32,
+                 distill_steps: int = 4, batch_size: int = 32, learning_rate: float = 1e-4,
+                 center: np.ndarray | None = None, seed: int = 0):
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"refresh period must be >= 1 step, got {every}")
+        self.engine = engine
+        self.real_images = np.asarray(real_images, np.float32)
+        self.real_embeddings = np.asarray(real_embeddings, np.float32)
+        self.every = every
+        self.buffer = ReplayBuffer(buffer_size)
+        self.max_queries = max_queries
+        self.queries_per_refresh = queries_per_refresh
+        self.distill_steps = distill_steps
+        self.batch_size = batch_size
+        self.center = center
+        self.rng = np.random.default_rng(seed)
+        self.optimizer = keras.optimizers.Adam(learning_rate)
+        self.queries = 0
+        self.refreshes = 0
+        self.last_gap: tuple[float, float] | None = None
+        self._distill_step = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.g_optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self.refresh()
+        if logs is not None:
+            logs["engine_queries"] = float(self.queries)
+
+    def _student_vectors(self, images):
+        x = flow_lib.BijectiveFlow.preprocess(images, self.model.config.flow.num_bits,
+                                              dequantize=False)
+        latents, _ = self.model.flow.forward(x, training=False)
+        return latents, self.model.student(latents, training=False)
+
+    def student_gap(self, images: np.ndarray, vectors: np.ndarray) -> float:
+        """Mean (centred) distillation loss of the student against the given teacher vectors."""
+        _, student_vectors = self._student_vectors(tf.constant(images))
+        return float(losses_lib.distillation_loss(student_vectors, tf.constant(vectors),
+                                                  center=self.center))
+
+    def refresh(self) -> None:
+        """Labels new generated faces with the engine and distils them into the student."""
+        budget = min(self.queries_per_refresh, self.max_queries - self.queries)
+        if budget <= 0:
+            return
+        index = self.rng.choice(len(self.real_embeddings), size=budget,
+                                replace=len(self.real_embeddings) < budget)
+        embeddings = self.real_embeddings[index]
+        noise = self.rng.standard_normal(
+            (budget, self.model.config.generator.noise_dim)).astype(np.float32)
+        generated = self.model.generator([embeddings, noise], training=False)
+        generated = np.asarray(generated)
+        teacher = self.engine.embed(to_uint8(generated))
+        self.queries += budget
+        self.buffer.add(generated, teacher)
+        before = self.student_gap(generated, teacher)
+        self._train_student()
+        after = self.student_gap(generated, teacher)
+        self.last_gap = (before, after)
+        self.refreshes += 1
+
+    def _train_student(self) -> None:
+        student = self.model.student
+        if self._distill_step is None:
+            self.optimizer.build(student.trainable_variables)
+            self._distill_step = tf.function(self._distill_once)
+        half = max(1, self.batch_size // 2)
+        for _ in range(self.distill_steps):
+            real_index = self.rng.choice(len(self.real_images), size=half,
+                                         replace=len(self.real_images) < half)
+            replay_images, replay_vectors = self.buffer.sample(half, self.rng)
+            images = np.concatenate([self.real_images[real_index], replay_images])
+            vectors = np.concatenate([self.real_embeddings[real_index], replay_vectors])
+            self._distill_step(tf.constant(images), tf.constant(vectors))
+
+    def _distill_once(self, images, vectors):
+        variables = self.model.student.trainable_variables
+        with tf.GradientTape() as tape:
+            _, student_vectors = self._student_vectors(images)
+            loss = losses_lib.distillation_loss(student_vectors, vectors, center=self.center)
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+
+def image_grid(real: np.ndarray, reconstructed: np.ndarray, cosines: np.ndarray,
+               columns: int = 8) -> np.ndarray:
+    """Renders pairs [real | reconstruction] with the engine cosine under each; uint8 RGB.
+
+    Args:
+      real: uint8[N, H, W, 3] real faces.
+      reconstructed: uint8[N, H, W, 3] reconstructions G(F(real)).
+      cosines: float[N] engine cosine between each pair.
+      columns: pairs per row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    count = len(real)
+    rows = int(np.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns * 2, figsize=(columns * 2 * 0.9, rows * 1.1),
+                                squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for i in range(count):
+        row, column = divmod(i, columns)
+        axes[row, 2 * column].imshow(real[i])
+        axes[row, 2 * column + 1].imshow(reconstructed[i])
+        axes[row, 2 * column + 1].set_title(f"cos {cosines[i]:.2f}", fontsize=6, y=-0.22)
+    figure.tight_layout(pad=0.2)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return tf.io.decode_png(buffer.getvalue(), channels=3).numpy()
+
+
+class ImageGridLogger(keras.callbacks.Callback):
+    """Logs [real | reconstruction] grids with engine cosines to TensorBoard and a PNG.
+
+    Args:
+      engine: the blackbox engine (its queries are counted in ``queries``).
+      images: uint8[N, R, R, 3] fixed real faces to reconstruct.
+      embeddings: float32[N, D] their engine vectors.
+      log_dir: TensorBoard directory; the latest grid is also written as ``grid.png`` there.
+      every: period in steps.
+    """
+
+    def __init__(self, engine: Engine, images: np.ndarray, embeddings: np.ndarray,
+                 log_dir: str, every: int):
+        super().__init__()
+        self.engine = engine
+        self.images = images
+        self.embeddings = np.asarray(embeddings, np.float32)
+        self.log_dir = log_dir
+        self.every = max(1, every)
+        self.queries = 0
+        self.writer = tf.summary.create_file_writer(log_dir)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.g_optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self.log(step)
+
+    def on_train_end(self, logs=None):
+        self.log(int(self.model.g_optimizer.iterations.numpy()))
+
+    def log(self, step: int) -> np.ndarray:
+        noise = np.zeros((len(self.embeddings), self.model.config.generator.noise_dim),
+                         np.float32)
+        generated = to_uint8(self.model.generator([self.embeddings, noise], training=False))
+        vectors = self.engine.embed(generated)
+        self.queries += len(generated)
+        cosines = np.sum(vectors * self.embeddings, axis=1)
+        grid = image_grid(self.images, generated, cosines)
+        with self.writer.as_default():
+            tf.summary.image("real_vs_reconstruction", grid[None], step=step)
+            tf.summary.scalar("engine_cosine", float(cosines.mean()), step=step)
+        tf.io.write_file(f"{self.log_dir}/grid.png", tf.io.encode_png(grid))
+        return grid

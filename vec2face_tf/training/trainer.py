@@ -1,0 +1,239 @@
+"""The DiBiGAN training run: data, stage 1 (flow + student), stage 2 (GAN), checkpoints.
+
+``train`` is what ``vec2face-train`` calls; every check that can fail on the flags runs before
+any expensive work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vec2face_tf import config as config_lib
+from vec2face_tf.data import pipeline, prepare, sources
+from vec2face_tf.data.cache import CacheError
+from vec2face_tf.engines import EngineError, get_engine
+from vec2face_tf.models import dibigan
+from vec2face_tf.training import callbacks as callbacks_lib
+from vec2face_tf.training.strategies import get_strategy
+
+STAGE1_DONE = "stage1.done"
+
+
+class TrainingError(ValueError):
+    """A training flag or a model_dir that cannot work, found before any training."""
+
+
+# Errors that mean "these flags cannot work": the binary prints them without a traceback.
+EXPECTED_ERRORS = (TrainingError, config_lib.ConfigError, sources.SourceError, CacheError,
+                   EngineError)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_dir: pathlib.Path
+    stage1_history: dict
+    stage2_history: dict
+    engine_queries: int
+
+
+def validate_config(config: config_lib.Config) -> None:
+    """Checks the shapes a config implies, so that a bad one fails before any work."""
+    resolution = config.data.resolution
+    if resolution % 2 ** config.flow.levels:
+        raise TrainingError(f"data.resolution={resolution} must be divisible by "
+                            f"2**flow.levels = {2 ** config.flow.levels}")
+    ratio = resolution // config.generator.start_resolution
+    if resolution % config.generator.start_resolution or ratio & (ratio - 1):
+        raise TrainingError(f"data.resolution={resolution} must be generator.start_resolution="
+                            f"{config.generator.start_resolution} times a power of two")
+    if config.data.identities_per_batch < 2 or config.data.images_per_identity < 2:
+        raise TrainingError("the batch-hard triplet loss needs data.identities_per_batch >= 2 "
+                            "and data.images_per_identity >= 2")
+    if config.data.min_images_per_identity < 2:
+        raise TrainingError("data.min_images_per_identity must be >= 2: a positive pair needs "
+                            "two photos of one person")
+
+
+def check_model_dir(model_dir: pathlib.Path, config: config_lib.Config) -> None:
+    """Refuses to resume a model_dir trained with an incompatible config."""
+    saved = model_dir / "config.json"
+    if not saved.exists():
+        return
+    previous = config_lib.config_from_dict(json.loads(saved.read_text()))
+    for name in ("engine", "data.resolution", "flow", "generator", "discriminator", "student"):
+        head, _, tail = name.partition(".")
+        old, new = getattr(previous, head), getattr(config, head)
+        if tail:
+            old, new = getattr(old, tail), getattr(new, tail)
+        if old != new:
+            raise TrainingError(
+                f"{model_dir} holds a run with {name}={old!r}, but this run asks for "
+                f"{name}={new!r}; use another --model_dir or the same settings")
+
+
+def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str | None = None,
+          strategy_name: str = "default", workers: int = 2,
+          max_images: int = 0, verbose: int | str = "auto") -> TrainResult:
+    """Trains DiBiGAN end to end and leaves checkpoints and logs in ``model_dir``.
+
+    Args:
+      config: the resolved config (preset plus overrides).
+      data: an identity-folder path or ``tfds:<name>``.
+      model_dir: output folder; a run resumes from what it finds there.
+      cache_dir: the aligned-face/embedding cache (default ``<model_dir>/cache``).
+      strategy_name: see ``strategies.get_strategy``.
+      workers: processes used to align and embed.
+      max_images: use at most this many images (0: all).
+      verbose: Keras ``fit`` verbosity ("auto" shows a progress bar).
+
+    Raises:
+      TrainingError: for flags that cannot work (before any expensive work).
+    """
+    model_path = pathlib.Path(model_dir)
+    validate_config(config)
+    source = sources.open_source(data)  # raises for a missing or empty folder
+    check_model_dir(model_path, config)
+    engine = get_engine(config.engine)
+    strategy = get_strategy(strategy_name)
+    model_path.mkdir(parents=True, exist_ok=True)
+    (model_path / "config.json").write_text(config.to_json())
+
+    cache_path = pathlib.Path(cache_dir) if cache_dir else model_path / "cache"
+    stats = prepare.prepare(source, config.engine, cache_path, crop=config.crop,
+                            workers=workers, max_images=max_images)
+    logging.info("prepared faces: %s", stats)
+    faces = pipeline.load_faces(cache_path, engine.name, config.crop,
+                                resolution=config.data.resolution,
+                                min_images_per_identity=config.data.min_images_per_identity)
+    train_faces, held_out = pipeline.split_by_identity(
+        faces, config.data.holdout_identities, config.data.seed)
+    (model_path / "split.json").write_text(json.dumps({
+        "train_identities": train_faces.identity_names.tolist(),
+        "held_out_identities": held_out.identity_names.tolist(),
+    }, indent=1))
+
+    resolution = config.data.resolution
+    global_batch = config.data.identities_per_batch * config.data.images_per_identity
+    center = train_faces.embeddings.mean(axis=0)
+    dataset_args = dict(resolution=resolution,
+                        identities_per_batch=config.data.identities_per_batch,
+                        images_per_identity=config.data.images_per_identity,
+                        seed=config.data.seed)
+    dataset = pipeline.distribute_dataset(strategy, train_faces, **dataset_args)
+
+    with strategy.scope():
+        parts = dibigan.build_parts(config, embedding_dim=engine.dim)
+        stage1 = dibigan.FlowStudentTrainer(
+            parts.flow, parts.student, num_bits=config.flow.num_bits, center=center,
+            global_batch_size=global_batch)
+        stage1.compile(optimizer=keras.optimizers.Adam(config.train.flow_lr))
+        stage1.optimizer.build(parts.flow.trainable_variables
+                               + parts.student.trainable_variables)
+        gan = dibigan.DiBiGAN(parts, config, center=center, global_batch_size=global_batch)
+        gan.compile(
+            d_optimizer=keras.optimizers.Adam(config.train.discriminator_lr,
+                                              beta_1=config.train.beta_1,
+                                              beta_2=config.train.beta_2),
+            g_optimizer=keras.optimizers.Adam(config.train.generator_lr,
+                                              beta_1=config.train.beta_1,
+                                              beta_2=config.train.beta_2, use_ema=True,
+                                              ema_momentum=config.train.ema_momentum))
+        gan.build_optimizers()
+
+    checkpoint = tf.train.Checkpoint(
+        flow=parts.flow, student=parts.student, generator=parts.generator,
+        discriminator=parts.discriminator, stage1_optimizer=stage1.optimizer,
+        d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, str(model_path / "checkpoints"),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("restored %s", manager.latest_checkpoint)
+    else:
+        # ActNorm's data-dependent initialisation, once, eagerly and on real faces, so that
+        # every replica starts from the same statistics.
+        first_images, _, _ = next(iter(pipeline.make_dataset(train_faces, **dataset_args)))
+        parts.flow(dibigan.flow_lib.BijectiveFlow.preprocess(
+            first_images, config.flow.num_bits, dequantize=False))
+
+    stage1_history: dict = {}
+    if not (model_path / STAGE1_DONE).exists():
+        done = int(stage1.optimizer.iterations.numpy())
+        remaining = config.train.stage1_steps - done
+        if remaining > 0:
+            history = stage1.fit(
+                dataset, epochs=1, steps_per_epoch=remaining, verbose=verbose,
+                callbacks=[CheckpointEvery(manager, stage1.optimizer.iterations,
+                                           config.train.checkpoint_every),
+                           keras.callbacks.TensorBoard(str(model_path / "logs" / "stage1"))])
+            stage1_history = history.history
+        manager.save(checkpoint_number=config.train.stage1_steps)
+        (model_path / STAGE1_DONE).write_text("stage 1 finished\n")
+
+    preview_count = min(8, len(held_out))
+    real_sample = np.random.default_rng(config.data.seed).choice(
+        len(train_faces), size=min(512, len(train_faces)), replace=False)
+    refresh = callbacks_lib.StudentRefresh(
+        engine, real_images=train_faces.crops[real_sample].astype(np.float32) / 127.5 - 1.0,
+        real_embeddings=train_faces.embeddings[real_sample],
+        every=config.train.refresh_every, buffer_size=config.train.replay_buffer_size,
+        max_queries=config.train.max_engine_queries, center=center, seed=config.data.seed)
+    grids = callbacks_lib.ImageGridLogger(
+        engine, held_out.crops[:preview_count], held_out.embeddings[:preview_count],
+        log_dir=str(model_path / "logs" / "stage2"), every=config.train.log_every)
+    stage2_offset = config.train.stage1_steps + 1
+    checkpointer = CheckpointEvery(manager, gan.g_optimizer.iterations,
+                                   config.train.checkpoint_every, offset=stage2_offset)
+
+    done = int(gan.g_optimizer.iterations.numpy())
+    remaining = config.train.stage2_steps - done
+    stage2_history: dict = {}
+    if remaining > 0:
+        history = gan.fit(
+            dataset, epochs=1, steps_per_epoch=remaining, verbose=verbose,
+            callbacks=[refresh, grids, checkpointer,
+                       keras.callbacks.TensorBoard(str(model_path / "logs" / "stage2"))])
+        stage2_history = history.history
+    manager.save(checkpoint_number=stage2_offset + int(gan.g_optimizer.iterations.numpy()))
+    engine.close()
+    return TrainResult(model_path, stage1_history, stage2_history,
+                       engine_queries=refresh.queries + grids.queries)
+
+
+class CheckpointEvery(keras.callbacks.Callback):
+    """Saves the CheckpointManager every ``every`` optimizer steps.
+
+    TF writes a checkpoint's files first and its index (``checkpoint``) last, so a run killed
+    mid-write restarts from the previous complete checkpoint.
+
+    Args:
+      manager: the run's CheckpointManager.
+      step: the variable counting the steps (an optimizer's ``iterations``).
+      every: the period in steps.
+      offset: added to the step to number the checkpoints (stage 2 follows stage 1).
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, step: tf.Variable, every: int,
+                 offset: int = 0):
+        super().__init__()
+        self.manager = manager
+        self.step = step
+        self.every = max(1, every)
+        self.offset = offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.step.numpy())
+        if step % self.every == 0:
+            self.manager.save(checkpoint_number=self.offset + step)
+
+
+def default_model_dir() -> str:
+    return os.path.join("runs", "vec2face")
