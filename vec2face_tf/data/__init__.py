@@ -10,6 +10,7 @@ _EXPORTS = {
     "FaceRecord": "sources", "FaceSource": "sources", "FolderSource": "sources",
     "SourceError": "sources", "TfdsSource": "sources", "decode_image": "sources",
     "open_source": "sources",
+    "AlignResult": "alignment", "FaceAligner": "alignment",
     "CacheError": "cache", "EmbeddingCache": "cache", "VerifyReport": "cache",
     "PrepareStats": "prepare", "prepare": "prepare",
     "Faces": "pipeline", "distribute_dataset": "pipeline", "load_faces": "pipeline",
