@@ -12,6 +12,7 @@ import pytest
 import skimage.data
 
 from vec2face_tf.data.alignment import OK, FaceAligner
+from vec2face_tf.engines import get_engine
 
 PAIR_SEED = 0
 IDENTITIES = 40
@@ -85,3 +86,13 @@ def pair_set(faces_dev: pathlib.Path) -> PairSet:
     genuine = np.arange(len(pairs)) < len(genuine_pairs)
     assert len(genuine_pairs) >= 200, f"only {len(genuine_pairs)} genuine pairs"
     return PairSet(np.stack(crops), identities, pairs, genuine, align_seconds)
+
+
+@pytest.fixture(scope="session")
+def dlib_pair_embeddings(pair_set: PairSet) -> tuple[np.ndarray, float]:
+    """The dlib engine's embeddings of ``pair_set.crops`` and its seconds per image."""
+    with get_engine("dlib") as engine:
+        start = time.perf_counter()
+        embeddings = engine.embed(pair_set.crops)
+        seconds = (time.perf_counter() - start) / len(pair_set.crops)
+    return embeddings, seconds

@@ -80,15 +80,6 @@ def test_embedding_runs_on_one_thread(engine, astronaut_crop):
     assert cpu < 1.3 * wall
 
 
-@pytest.fixture(scope="session")
-def dlib_pair_embeddings(pair_set):
-    with get_engine("dlib") as engine:
-        start = time.perf_counter()
-        embeddings = engine.embed(pair_set.crops)
-        seconds = (time.perf_counter() - start) / len(pair_set.crops)
-    return embeddings, seconds
-
-
 def test_verification_accuracy_on_faces_dev(pair_set, dlib_pair_embeddings):
     embeddings, embed_seconds = dlib_pair_embeddings
     accuracy, threshold = pair_set.best_threshold(embeddings)
