@@ -9,6 +9,7 @@ by ``vec2face_tf.config.CropSpec``.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class FaceAligner:
                            num_faces=num_faces)
 
 
-def _pick_largest(boxes: list, scores: list[float]) -> object:
+def _pick_largest(boxes: list, scores: list[float]) -> Any:
     """The largest box; among boxes within LARGEST_AREA_TOLERANCE of it, the best scored.
 
     HOG false positives (on clothing, say) can be as large as the face within a few pixels,

@@ -77,6 +77,10 @@ class DeepFaceEngine(Engine):
         self._stop()
         environment = dict(os.environ, DEEPFACE_HOME=str(self.deepface_home))
         environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The child must import this very package, installed or not.
+        package_root = str(pathlib.Path(__file__).resolve().parents[2])
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [package_root, environment.get("PYTHONPATH")]))
         # A file, not a pipe: a chatty worker can never block on a full stderr pipe.
         self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker.
         self._process = subprocess.Popen(
