@@ -31,9 +31,11 @@ class DeepFaceEngine(Engine):
     """A deepface recognition model, queried through a worker process.
 
     Crops go to ``DeepFace.represent(..., detector_backend="skip", enforce_detection=False)``
-    in BGR, as deepface expects. If the worker dies during a call it is restarted once and the
-    call retried; a second death fails the call with EngineError carrying the worker's stderr
-    tail. Every wait is bounded by ``timeout``.
+    in BGR, as deepface expects. ``input_size`` and ``dim`` come from the model; for a
+    non-square model input, ``input_size`` is its larger side and deepface's own resize (which
+    pads to keep the aspect ratio) does the rest. If the worker dies during a call it is
+    restarted once and the call retried; a second death fails the call with EngineError
+    carrying the worker's stderr tail. Every wait is bounded by ``timeout``.
     """
 
     def __init__(self, model_name: str, deepface_home: str | os.PathLike | None = None,
