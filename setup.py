@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "opencv-contrib-python-headless==4.14.0.94",  # <5: ships the haar cascades
     "scikit-image==0.26.0",  # astronaut(): the offline sample face
     "numpy>=1.26",
+    "pillow>=10",  # image decoding in the prepare step
     "tensorboard==2.21.0",  # not a TF 2.21 dependency any more; tf.summary needs it
     "tqdm>=4.66",
     "matplotlib>=3.8",

@@ -49,7 +49,7 @@ class Engine(abc.ABC):
     def _embed(self, images: np.ndarray) -> np.ndarray:
         """Embeds a validated uint8[N, input_size, input_size, 3] batch (not normalised)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most engines hold nothing to release
         """Releases resources (worker processes, sessions). Safe to call twice."""
 
     def __enter__(self) -> Engine:

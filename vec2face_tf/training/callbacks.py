@@ -107,6 +107,12 @@ class StudentRefresh(keras.callbacks.Callback):
         if logs is not None:
             logs["engine_queries"] = float(self.queries)
 
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["engine_queries"] = float(self.queries)
+            if self.last_gap is not None:
+                logs["refresh_gap_before"], logs["refresh_gap_after"] = self.last_gap
+
     def _student_vectors(self, images):
         x = flow_lib.BijectiveFlow.preprocess(images, self.model.config.flow.num_bits,
                                               dequantize=False)

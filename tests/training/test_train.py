@@ -1,0 +1,84 @@
+"""The training binary and library: fail-fast flag checks, and smoke training end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vec2face_tf import config as config_lib
+from vec2face_tf.training import trainer
+
+TRAIN_BINARY = [sys.executable, "-m", "vec2face_tf.bin.train.train"]
+
+
+def _run_binary(*flags, timeout=120):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(TRAIN_BINARY + list(flags), capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--engine=nope"], "unknown engine 'nope'"),
+    (["--config=data.resolution=48"], "must be generator.start_resolution=4 times a power"),
+    (["--config=flow.levels=6"], "divisible by 2**flow.levels"),
+    (["--config=generator.wide=1"], "unknown config field 'generator.wide'"),
+])
+def test_bad_flags_fail_before_any_work(small_faces, tmp_path, flags, message):
+    model_dir = tmp_path / "run"
+    result = _run_binary("--preset=smoke", f"--data={small_faces}",
+                         f"--model_dir={model_dir}", *flags)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (model_dir / "cache").exists()  # nothing was prepared
+
+
+def test_empty_data_folder_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = _run_binary("--preset=smoke", f"--data={tmp_path / 'empty'}",
+                         f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_model_dir_with_another_resolution_is_refused(tmp_path):
+    config = config_lib.get_config("smoke")
+    tmp_path.joinpath("config.json").write_text(config.to_json())
+    other = config_lib.get_config("smoke", ["data.resolution=64"])
+    with pytest.raises(trainer.TrainingError, match="data.resolution=32.*data.resolution=64"):
+        trainer.check_model_dir(tmp_path, other)
+
+
+@pytest.mark.slow
+def test_smoke_trains_end_to_end_and_resumes(small_faces, tmp_path):
+    model_dir = tmp_path / "run"
+    config = config_lib.get_config("smoke")
+    result = trainer.train(config, str(small_faces), str(model_dir), workers=0, verbose=0)
+
+    history = result.stage2_history
+    for name in ("d_loss", "g_loss", "identity", "metric", "w_identity", "engine_queries"):
+        assert np.isfinite(history[name]).all(), name
+    assert np.isfinite(result.stage1_history["bits_per_dim"]).all()
+    # Refresh every 2 steps with 32 queries each, capped at 256 in smoke.
+    assert history["engine_queries"][-1] == 64
+    assert result.engine_queries >= 64
+
+    saved = config_lib.config_from_dict(json.loads((model_dir / "config.json").read_text()))
+    assert saved == config
+    split = json.loads((model_dir / "split.json").read_text())
+    assert len(split["held_out_identities"]) == config.data.holdout_identities
+    assert not set(split["held_out_identities"]) & set(split["train_identities"])
+    grid = (model_dir / "logs" / "stage2" / "grid.png").read_bytes()
+    assert grid.startswith(b"\x89PNG")
+    assert list((model_dir / "logs" / "stage2").glob("events.out.tfevents.*"))
+
+    # A rerun with a higher target resumes from the checkpoint and runs only the new steps.
+    longer = config_lib.get_config("smoke", ["train.stage2_steps=6"])
+    resumed = trainer.train(longer, str(small_faces), str(model_dir), workers=0, verbose=0)
+    assert resumed.stage1_history == {}  # stage 1 was done and is not repeated
+    assert len(resumed.stage2_history["g_loss"]) == 1  # one epoch of the 2 remaining steps
+    checkpoint = (model_dir / "checkpoints" / "checkpoint").read_text()
+    assert f'model_checkpoint_path: "ckpt-{config.train.stage1_steps + 1 + 6}"' in checkpoint
