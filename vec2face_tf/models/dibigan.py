@@ -84,6 +84,26 @@ def per_example_noise(embeddings: tf.Tensor, step: tf.Tensor, noise_dim: int) ->
         seeds, fn_output_signature=tf.float32)
 
 
+def global_loss(value: tf.Tensor) -> tf.Tensor:
+    """The whole global batch's loss, from a replica's share of it.
+
+    Each replica's loss is its examples' sum divided by the global batch size, so the global
+    loss is the sum over replicas; metric trackers log that rather than a replica's share.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def gather_replicas(value: tf.Tensor) -> tf.Tensor:
+    """Concatenates ``value`` over all replicas along the batch axis (itself with one)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_gather(value, axis=0)
+
+
 class FlowStudentTrainer(keras.Model):
     """Stage 1: trains the flow ``H`` (NLL, bits/dim) and the student head ``C`` (distillation).
 
@@ -138,9 +158,9 @@ class FlowStudentTrainer(keras.Model):
         variables = self.flow.trainable_variables + self.student.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         cosine = -keras.losses.cosine_similarity(embeddings, student_vectors)
-        self.loss_tracker.update_state(loss)
-        self.nll_tracker.update_state(bits_per_dim)
-        self.distillation_tracker.update_state(distillation)
+        self.loss_tracker.update_state(global_loss(loss))
+        self.nll_tracker.update_state(global_loss(nll))
+        self.distillation_tracker.update_state(global_loss(distillation))
         self.cosine_tracker.update_state(cosine)
         return {m.name: m.result() for m in self.metrics}
 
@@ -186,7 +206,11 @@ class DiBiGAN(keras.Model):
         return list(self.trackers.values()) + list(self.weight_trackers.values())
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
-        super().compile(**kwargs)
+        # Keras's own optimizer slot holds the discriminator's. Left empty, compile() would put
+        # an unbuilt RMSprop there and fit() under a strategy would try to build the model by
+        # calling it on a data batch. Not the generator's: at the end of fit() Keras copies an
+        # EMA optimizer's averages into the model's variables, which must stay the raw ones.
+        super().compile(optimizer=d_optimizer, **kwargs)
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
 
@@ -246,10 +270,14 @@ class DiBiGAN(keras.Model):
             g_adversarial = losses_lib.generator_adversarial_loss(
                 fake_logits, kind=kind, global_batch_size=batch)
             fake_latents = self._latents(fake_images)
-            real_latents = self._latents(images)
+            # Mine positives and negatives among the real images of the whole global batch, so
+            # that N replicas see the same triplets as one. Real latents need no gradient.
+            real_latents = [gather_replicas(tf.stop_gradient(z))
+                            for z in self._latents(images)]
             metric = losses_lib.batch_hard_triplet_loss(
                 fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
-                level_weights=self.level_weights, global_batch_size=batch)
+                real_labels=gather_replicas(labels), level_weights=self.level_weights,
+                global_batch_size=batch)
             student_vectors = self.student(fake_latents, training=False)
             identity = losses_lib.identity_loss(
                 student_vectors, embeddings, center=self.center, global_batch_size=batch)
@@ -262,8 +290,9 @@ class DiBiGAN(keras.Model):
 
         cosine = -keras.losses.cosine_similarity(embeddings, student_vectors)
         values = {"d_loss": d_loss, "g_loss": g_loss, "g_adversarial": g_adversarial,
-                  "identity": identity, "metric": metric, "pixel": pixel,
-                  "student_cosine": cosine, "d_real": real_logits, "d_fake": fake_logits}
+                  "identity": identity, "metric": metric, "pixel": pixel}
+        values = {name: global_loss(value) for name, value in values.items()}
+        values.update(student_cosine=cosine, d_real=real_logits, d_fake=fake_logits)
         for name, value in values.items():
             self.trackers[name].update_state(value)
         for name, tracker in self.weight_trackers.items():

@@ -109,6 +109,9 @@ class ModulatedConvBlock(keras.layers.Layer):
     def build(self, input_shape):
         features_shape, style_shape = input_shape
         features_shape = tuple(features_shape)
+        # Built even when unused: fit() under a tf.distribute strategy refuses a model with
+        # any unbuilt layer.
+        self.upsampling.build(features_shape)
         if self.upsample:
             features_shape = self.upsampling.compute_output_shape(features_shape)
         self.conv_1.build(features_shape)
