@@ -10,13 +10,8 @@ import tensorflow as tf
 
 from vec2face_tf import losses as losses_lib
 from vec2face_tf.engines.base import Engine
+from vec2face_tf.evaluation.reconstruction import to_uint8
 from vec2face_tf.models import flow as flow_lib
-
-
-def to_uint8(images) -> np.ndarray:
-    """Converts images in [-1, 1] to uint8 RGB."""
-    images = np.asarray(images, dtype=np.float32)
-    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 class ReplayBuffer:
