@@ -26,3 +26,4 @@ def test_two_replicas_match_one_replica_after_three_steps():
         assert len(one[name]) == 3
         np.testing.assert_allclose(two[name], one[name], rtol=2e-4, atol=2e-5, err_msg=name)
     assert report["generator_weight_max_abs_diff"] < 1e-4
+
