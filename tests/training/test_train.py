@@ -82,3 +82,16 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, tmp_path):
     assert len(resumed.stage2_history["g_loss"]) == 1  # one epoch of the 2 remaining steps
     checkpoint = (model_dir / "checkpoints" / "checkpoint").read_text()
     assert f'model_checkpoint_path: "ckpt-{config.train.stage1_steps + 1 + 6}"' in checkpoint
+
+    # The run's EMA generator is scored on its held-out identities next to the baselines.
+    from vec2face_tf.evaluation.checkpoint import evaluate_run
+
+    report = evaluate_run(model_dir, model_dir / "cache")
+    assert report["probe_identities"] == config.data.holdout_identities
+    assert set(report["thresholds"]) == {"0.01"}  # 36 faces: too few pairs for 1e-3
+    for attack in ("reconstruction", "nearest_neighbour", "random_training_face"):
+        assert 0.0 <= report[attack]["sar_type1@0.01"] <= 1.0
+        assert -1.0 <= report[attack]["mean_cosine"] <= 1.0
+    assert (model_dir / "eval" / "grid.png").read_bytes().startswith(b"\x89PNG")
+    saved = json.loads((model_dir / "eval" / "report.json").read_text())
+    assert saved["reconstruction"] == report["reconstruction"]

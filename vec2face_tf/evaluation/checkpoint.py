@@ -1,0 +1,111 @@
+"""Evaluates a training run's latest checkpoint on its held-out identities."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vec2face_tf import config as config_lib
+from vec2face_tf.data import pipeline
+from vec2face_tf.engines import get_engine
+from vec2face_tf.evaluation import reconstruction
+from vec2face_tf.models import dibigan
+
+
+def load_ema_generator(model_dir: str | pathlib.Path, embedding_dim: int) -> keras.Model:
+    """The EMA generator of ``model_dir``'s latest checkpoint."""
+    model_path = pathlib.Path(model_dir)
+    config = config_lib.config_from_dict(json.loads((model_path / "config.json").read_text()))
+    parts = dibigan.build_parts(config, embedding_dim)
+    g_optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=config.train.ema_momentum)
+    g_optimizer.build(parts.generator.trainable_variables)
+    latest = tf.train.latest_checkpoint(str(model_path / "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {model_path / 'checkpoints'}")
+    status = tf.train.Checkpoint(generator=parts.generator, g_optimizer=g_optimizer).restore(
+        latest)
+    status.expect_partial().assert_existing_objects_matched()
+    gan = dibigan.DiBiGAN(parts, config)
+    gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=g_optimizer)
+    return gan.ema_generator()
+
+
+def evaluate_run(model_dir: str | pathlib.Path, cache_dir: str | pathlib.Path,
+                 out_dir: str | pathlib.Path | None = None) -> dict:
+    """Scores the run's EMA generator on its held-out identities (``split.json``).
+
+    Thresholds come from the impostor pairs of every cached real face; the baselines use the
+    training identities as their gallery. Writes ``report.json`` and ``grid.png`` (rows of
+    real | reconstruction | nearest neighbour, engine cosine under each) into ``out_dir``
+    (default ``<model_dir>/eval``).
+    """
+    model_path = pathlib.Path(model_dir)
+    out_path = pathlib.Path(out_dir) if out_dir else model_path / "eval"
+    out_path.mkdir(parents=True, exist_ok=True)
+    config = config_lib.config_from_dict(json.loads((model_path / "config.json").read_text()))
+    split = json.loads((model_path / "split.json").read_text())
+    engine = get_engine(config.engine)
+    faces = pipeline.load_faces(cache_dir, engine.name, config.crop,
+                                resolution=config.data.resolution,
+                                min_images_per_identity=config.data.min_images_per_identity)
+    held_out_ids = np.flatnonzero(np.isin(faces.identity_names, split["held_out_identities"]))
+    train_ids = np.flatnonzero(np.isin(faces.identity_names, split["train_identities"]))
+    probes = pipeline.subset_identities(faces, held_out_ids)
+    gallery = pipeline.subset_identities(faces, train_ids)
+    generator = load_ema_generator(model_path, engine.dim)
+    report = reconstruction.evaluate_reconstructions(
+        generator, engine, probes, gallery, faces, noise_dim=config.generator.noise_dim,
+        seed=config.data.seed)
+    images, vectors = report.pop("images"), report.pop("vectors")
+    nn_index = report.pop("nearest_neighbour_index")
+    report["checkpoint"] = tf.train.latest_checkpoint(str(model_path / "checkpoints"))
+    (out_path / "report.json").write_text(json.dumps(report, indent=2))
+    count = min(8, len(probes))
+    rows = np.stack([probes.crops[:count], images[:count], gallery.crops[nn_index[:count]]], 1)
+    cosines = np.stack([np.ones(count),
+                        np.sum(vectors[:count] * probes.embeddings[:count], 1),
+                        np.sum(gallery.embeddings[nn_index[:count]]
+                               * probes.embeddings[:count], 1)], 1)
+    threshold = report["thresholds"].get("0.001", {}).get("cosine")
+    grid = comparison_grid(rows, cosines, ["real", "reconstruction", "nearest neighbour"],
+                           threshold)
+    tf.io.write_file(str(out_path / "grid.png"), tf.io.encode_png(grid))
+    engine.close()
+    return report
+
+
+def comparison_grid(rows: np.ndarray, cosines: np.ndarray, titles: list[str],
+                    threshold: float | None) -> np.ndarray:
+    """Renders rows of images with their engine cosine and pass/fail at ``threshold``."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    count, columns = rows.shape[:2]
+    figure, axes = plt.subplots(count, columns, figsize=(columns * 1.3, count * 1.45),
+                                squeeze=False)
+    for row in range(count):
+        for column in range(columns):
+            axis = axes[row, column]
+            axis.imshow(rows[row, column])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(titles[column], fontsize=7)
+            if column:
+                passed = threshold is not None and cosines[row, column] > threshold
+                mark = "" if threshold is None else (" pass" if passed else " fail")
+                axis.set_xlabel(f"cos {cosines[row, column]:.3f}{mark}", fontsize=6,
+                                color="green" if passed else "black")
+    figure.tight_layout(pad=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return tf.io.decode_png(buffer.getvalue(), channels=3).numpy()
