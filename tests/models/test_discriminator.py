@@ -37,13 +37,6 @@ def discriminator():
     return model
 
 
-@pytest.fixture
-def mixed_precision():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def test_logits_shape_dtype_and_finite(discriminator):
     images, embedding = _inputs()
     logits = discriminator([images, embedding])

@@ -31,13 +31,6 @@ def generator():
     return model
 
 
-@pytest.fixture
-def mixed_precision():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def test_output_shape_dtype_and_range(generator):
     embedding, noise = _inputs()
     image = generator([embedding, noise]).numpy()

@@ -27,13 +27,6 @@ def student():
     return model
 
 
-@pytest.fixture
-def mixed_precision():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
 def test_output_is_a_unit_vector_per_row(student):
     features = student(_latents()).numpy()
     assert features.shape == (3, EMBEDDING_DIM)
