@@ -63,6 +63,14 @@ class Engine(abc.ABC):
                f"input_size={self.input_size}>"
 
 
+def check_options(kind: str, options: dict, known) -> None:
+    """Raises EngineError naming any option that engine ``kind`` does not take."""
+    unknown = set(options) - set(known)
+    if unknown:
+        raise EngineError(f"unknown option(s) for engine {kind!r}: {sorted(unknown)}; known: "
+                          f"{sorted(known)}")
+
+
 def validate_images(images: np.ndarray) -> np.ndarray:
     """Checks that ``images`` is a non-empty uint8[N, H, W, 3] batch; raises EngineError."""
     if not isinstance(images, np.ndarray):

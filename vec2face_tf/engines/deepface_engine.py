@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from vec2face_tf.engines import deepface_worker
-from vec2face_tf.engines.base import Engine, EngineError
+from vec2face_tf.engines.base import Engine, EngineError, check_options
 from vec2face_tf.engines.dlib_models import FACE_RECOGNITION_RESNET, dlib_model_path
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -226,8 +226,5 @@ def make_engine(argument: str | None = None, **options: Any) -> DeepFaceEngine:
     """
     if not argument:
         raise EngineError("engine 'deepface' needs a model name, e.g. 'deepface:Dlib'")
-    unknown = set(options) - {"timeout", "deepface_home"}
-    if unknown:
-        raise EngineError(f"unknown option(s) for engine 'deepface': {sorted(unknown)}; known: "
-                          "['deepface_home', 'timeout']")
+    check_options("deepface", options, {"timeout", "deepface_home"})
     return DeepFaceEngine(argument, **options)

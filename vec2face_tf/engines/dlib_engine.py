@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from vec2face_tf.engines.base import Engine, EngineError
+from vec2face_tf.engines.base import Engine, EngineError, check_options
 from vec2face_tf.engines.dlib_models import FACE_RECOGNITION_RESNET, dlib_model_path
 
 
@@ -61,8 +61,5 @@ def make_engine(argument: str | None = None, **options: Any) -> DlibEngine:
     """
     if argument:
         raise EngineError(f"engine 'dlib' takes no argument, got 'dlib:{argument}'")
-    unknown = set(options) - {"num_jitters"}
-    if unknown:
-        raise EngineError(f"unknown option(s) for engine 'dlib': {sorted(unknown)}; known: "
-                          "['num_jitters']")
+    check_options("dlib", options, {"num_jitters"})
     return DlibEngine(**options)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vec2face_tf.engines.base import Engine, EngineError
+from vec2face_tf.engines.base import Engine, EngineError, check_options
 from vec2face_tf.engines.savedmodel_engine import (
     check_normalization,
     resolve_input_size,
@@ -159,8 +159,5 @@ def make_engine(argument: str | None = None, **options: Any) -> OnnxEngine:
     """
     if not argument:
         raise EngineError("engine 'onnx' needs a file, e.g. 'onnx:/models/fr.onnx'")
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise EngineError(f"unknown option(s) for engine 'onnx': {sorted(unknown)}; known: "
-                          f"{sorted(_OPTIONS)}")
+    check_options("onnx", options, _OPTIONS)
     return OnnxEngine(argument, **options)

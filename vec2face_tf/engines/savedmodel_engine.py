@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vec2face_tf.engines.base import Engine, EngineError
+from vec2face_tf.engines.base import Engine, EngineError, check_options
 
 NORMALIZATIONS = ("uint8", "zero_one", "minus_one_one")
 _OPTIONS = ("input_size", "normalization", "signature", "output")
@@ -209,8 +209,5 @@ def make_engine(argument: str | None = None, **options: Any) -> SavedModelEngine
     """
     if not argument:
         raise EngineError("engine 'savedmodel' needs a directory, e.g. 'savedmodel:/models/fr'")
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise EngineError(f"unknown option(s) for engine 'savedmodel': {sorted(unknown)}; "
-                          f"known: {sorted(_OPTIONS)}")
+    check_options("savedmodel", options, _OPTIONS)
     return SavedModelEngine(argument, **options)
