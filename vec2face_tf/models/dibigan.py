@@ -97,14 +97,51 @@ def global_loss(value: tf.Tensor) -> tf.Tensor:
 
 
 def gather_replicas(value: tf.Tensor) -> tf.Tensor:
-    """Concatenates ``value`` over all replicas along the batch axis (itself with one)."""
+    """Concatenates ``value`` over all replicas along the batch axis (itself with one).
+
+    Built from an all-reduce (each replica contributes its slot of a zero tensor) because
+    ``ReplicaContext.all_gather`` fails inside ``tf.function`` under
+    MultiWorkerMirroredStrategy in TF 2.21. Every replica must hold the same batch size.
+    """
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value
-    return context.all_gather(value, axis=0)
+    replicas = context.num_replicas_in_sync
+    slot = tf.one_hot(context.replica_id_in_sync_group, replicas, dtype=tf.float32)
+    slot = tf.reshape(slot, [replicas] + [1] * (value.shape.rank or 0))
+    stacked = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                 slot * tf.cast(value, tf.float32)[None])
+    gathered = tf.reshape(stacked, tf.concat([[-1], tf.shape(value)[1:]], axis=0))
+    if value.dtype.is_integer:
+        gathered = tf.round(gathered)
+    return tf.cast(gathered, value.dtype)
 
 
-class FlowStudentTrainer(keras.Model):
+class _PrebuiltModel(keras.Model):
+    """A keras.Model whose layers are all built at construction, trainable under any strategy.
+
+    Two Keras 3.15 steps break under MultiWorkerMirroredStrategy, and both are avoided here:
+    ``fit`` first "symbolically builds" the model by reducing a data batch across replicas
+    (nothing here needs building, so that step only checks it), and it reduces the logs with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars (so the logs are
+    returned with shape [1] there).
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        unbuilt = [layer.name for layer in self._flatten_layers() if not layer.built]
+        if unbuilt:
+            raise RuntimeError(f"layers {unbuilt} must be built before fit()")
+
+    def _logs(self) -> dict:
+        logs = {m.name: m.result() for m in self.metrics}
+        strategy = tf.distribute.get_strategy()
+        if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and strategy.extended._in_multi_worker_mode()):
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+
+class FlowStudentTrainer(_PrebuiltModel):
     """Stage 1: trains the flow ``H`` (NLL, bits/dim) and the student head ``C`` (distillation).
 
     Args:
@@ -162,10 +199,10 @@ class FlowStudentTrainer(keras.Model):
         self.nll_tracker.update_state(global_loss(nll))
         self.distillation_tracker.update_state(global_loss(distillation))
         self.cosine_tracker.update_state(cosine)
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs()
 
 
-class DiBiGAN(keras.Model):
+class DiBiGAN(_PrebuiltModel):
     """Stage 2: the feature-conditional GAN with the bijective metric and identity losses.
 
     ``compile(d_optimizer=..., g_optimizer=...)`` takes the two optimizers; give the generator's
@@ -297,7 +334,7 @@ class DiBiGAN(keras.Model):
             self.trackers[name].update_state(value)
         for name, tracker in self.weight_trackers.items():
             tracker.update_state(weights[name])
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs()
 
     def _multiscale_l1(self, fake_scales, images, scale_weights):
         """L1 at every generator output scale (coarse to fine), weighted by ``scale_weights``."""
