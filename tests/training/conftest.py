@@ -5,10 +5,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def small_faces(faces_dev, tmp_path_factory) -> pathlib.Path:
-    """12 faces-dev identities with 3 photos each, linked into a temporary folder."""
+    """16 faces-dev identities with 3 photos each, linked into a temporary folder."""
     root = tmp_path_factory.mktemp("small_faces")
     identities = [d for d in sorted(faces_dev.iterdir())
-                  if d.is_dir() and len(list(d.glob("*.jpg"))) >= 3][::40][:12]
+                  if d.is_dir() and len(list(d.glob("*.jpg"))) >= 3][::30][:16]
     for identity in identities:
         (root / identity.name).mkdir()
         for photo in sorted(identity.glob("*.jpg"))[:3]:

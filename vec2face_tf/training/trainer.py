@@ -57,6 +57,11 @@ def validate_config(config: config_lib.Config) -> None:
     if config.data.identities_per_batch < 2 or config.data.images_per_identity < 2:
         raise TrainingError("the batch-hard triplet loss needs data.identities_per_batch >= 2 "
                             "and data.images_per_identity >= 2")
+    every = config.train.checkpoint_every
+    for name in ("stage1_steps", "stage2_steps"):
+        if every < 1 or getattr(config.train, name) % every:
+            raise TrainingError(f"train.{name}={getattr(config.train, name)} must be a multiple "
+                                f"of train.checkpoint_every={every} (one epoch per checkpoint)")
     if config.data.min_images_per_identity < 2:
         raise TrainingError("data.min_images_per_identity must be >= 2: a positive pair needs "
                             "two photos of one person")
@@ -164,17 +169,14 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
         parts.flow(dibigan.flow_lib.BijectiveFlow.preprocess(
             first_images, config.flow.num_bits, dequantize=False))
 
+    every = config.train.checkpoint_every
     stage1_history: dict = {}
     if not (model_path / STAGE1_DONE).exists():
-        done = int(stage1.optimizer.iterations.numpy())
-        remaining = config.train.stage1_steps - done
-        if remaining > 0:
-            history = stage1.fit(
-                dataset, epochs=1, steps_per_epoch=remaining, verbose=verbose,
-                callbacks=[CheckpointEvery(manager, stage1.optimizer.iterations,
-                                           config.train.checkpoint_every),
-                           keras.callbacks.TensorBoard(str(model_path / "logs" / "stage1"))])
-            stage1_history = history.history
+        stage1_history = fit_stage(
+            stage1, dataset, stage1.optimizer.iterations, config.train.stage1_steps, every,
+            model_path / "backup" / "stage1", verbose, callbacks=[
+                CheckpointEvery(manager, stage1.optimizer.iterations, every),
+                keras.callbacks.TensorBoard(str(model_path / "logs" / "stage1"))])
         manager.save(checkpoint_number=config.train.stage1_steps)
         (model_path / STAGE1_DONE).write_text("stage 1 finished\n")
 
@@ -193,19 +195,36 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
     checkpointer = CheckpointEvery(manager, gan.g_optimizer.iterations,
                                    config.train.checkpoint_every, offset=stage2_offset)
 
-    done = int(gan.g_optimizer.iterations.numpy())
-    remaining = config.train.stage2_steps - done
-    stage2_history: dict = {}
-    if remaining > 0:
-        history = gan.fit(
-            dataset, epochs=1, steps_per_epoch=remaining, verbose=verbose,
-            callbacks=[refresh, grids, checkpointer,
-                       keras.callbacks.TensorBoard(str(model_path / "logs" / "stage2"))])
-        stage2_history = history.history
+    stage2_history = fit_stage(
+        gan, dataset, gan.g_optimizer.iterations, config.train.stage2_steps, every,
+        model_path / "backup" / "stage2", verbose, callbacks=[
+            refresh, grids, checkpointer,
+            keras.callbacks.TensorBoard(str(model_path / "logs" / "stage2"))])
     manager.save(checkpoint_number=stage2_offset + int(gan.g_optimizer.iterations.numpy()))
     engine.close()
     return TrainResult(model_path, stage1_history, stage2_history,
                        engine_queries=refresh.queries + grids.queries)
+
+
+def fit_stage(model: keras.Model, dataset, step: tf.Variable, total_steps: int, every: int,
+              backup_dir: pathlib.Path, verbose, callbacks: list) -> dict:
+    """Fits one stage up to ``total_steps`` in epochs of ``every`` steps, resuming.
+
+    The step counter restored from the checkpoint gives the first epoch; BackupAndRestore,
+    saving at every epoch end, brings back a run killed mid-stage (weights, optimizers and
+    epoch) even under MultiWorkerMirroredStrategy, where every worker must restore together.
+
+    Returns:
+      The stage's fit history ({} when it was already complete).
+    """
+    done = int(step.numpy())
+    if done >= total_steps:
+        return {}
+    history = model.fit(
+        dataset, initial_epoch=done // every, epochs=total_steps // every,
+        steps_per_epoch=every, verbose=verbose,
+        callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir)), *callbacks])
+    return history.history
 
 
 class CheckpointEvery(keras.callbacks.Callback):
