@@ -97,3 +97,12 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, tmp_path):
     assert (model_dir / "eval" / "grid.png").read_bytes().startswith(b"\x89PNG")
     saved = json.loads((model_dir / "eval" / "report.json").read_text())
     assert saved["reconstruction"] == report["reconstruction"]
+
+
+def test_flagfile_is_read(small_faces, tmp_path):
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text(f"--preset=smoke\n--data={small_faces}\n--model_dir={tmp_path / 'run'}\n"
+                        "--config=flow.levels=7\n")
+    result = _run_binary(f"--flagfile={flagfile}")
+    assert result.returncode != 0
+    assert "divisible by 2**flow.levels = 128" in result.stderr, result.stderr[-2000:]
