@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from vec2face_tf import losses as losses_lib
 from vec2face_tf import schedules as schedules_lib
-from vec2face_tf.config import Config
+from vec2face_tf.config import Config, config_from_dict
 from vec2face_tf.models import flow as flow_lib
 from vec2face_tf.models.discriminator import Discriminator
 from vec2face_tf.models.generator import Generator
@@ -64,6 +64,10 @@ def build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
         max_channels=config.discriminator.max_channels)
     discriminator([tf.zeros([1, resolution, resolution, 3]), tf.zeros([1, embedding_dim])])
     return DiBiGANParts(flow, student, generator, discriminator)
+
+
+def _center_list(center) -> list[float] | None:
+    return None if center is None else [float(v) for v in center.numpy()]
 
 
 def per_example_noise(embeddings: tf.Tensor, step: tf.Tensor, noise_dim: int) -> tf.Tensor:
@@ -141,6 +145,7 @@ class _PrebuiltModel(keras.Model):
         return logs
 
 
+@keras.saving.register_keras_serializable(package="vec2face")
 class FlowStudentTrainer(_PrebuiltModel):
     """Stage 1: trains the flow ``H`` (NLL, bits/dim) and the student head ``C`` (distillation).
 
@@ -174,6 +179,20 @@ class FlowStudentTrainer(_PrebuiltModel):
         return [self.loss_tracker, self.nll_tracker, self.distillation_tracker,
                 self.cosine_tracker]
 
+    def get_config(self):
+        return {"flow": keras.saving.serialize_keras_object(self.flow),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "num_bits": self.num_bits, "distillation_weight": self.distillation_weight,
+                "center": _center_list(self.center), "global_batch_size": self.global_batch_size,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["flow"] = keras.saving.deserialize_keras_object(config["flow"])
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        return cls(**config)
+
     def call(self, images, training=False):
         x = flow_lib.BijectiveFlow.preprocess(images, self.num_bits, dequantize=False)
         latents, _ = self.flow.forward(x, training=training)
@@ -202,6 +221,7 @@ class FlowStudentTrainer(_PrebuiltModel):
         return self._logs()
 
 
+@keras.saving.register_keras_serializable(package="vec2face")
 class DiBiGAN(_PrebuiltModel):
     """Stage 2: the feature-conditional GAN with the bijective metric and identity losses.
 
@@ -241,6 +261,19 @@ class DiBiGAN(_PrebuiltModel):
     @property
     def metrics(self):
         return list(self.trackers.values()) + list(self.weight_trackers.values())
+
+    def get_config(self):
+        return {"config": self.config.to_dict(),
+                "embedding_dim": int(self.generator.embedding_dim),
+                "center": _center_list(self.center), "global_batch_size": self.global_batch_size,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        run_config = config_from_dict(config.pop("config"))
+        parts = build_parts(run_config, config.pop("embedding_dim"))
+        return cls(parts, run_config, **config)
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
         # Keras's own optimizer slot holds the discriminator's. Left empty, compile() would put
