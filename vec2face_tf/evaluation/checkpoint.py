@@ -26,8 +26,7 @@ def load_ema_generator(model_dir: str | pathlib.Path, embedding_dim: int) -> ker
     latest = tf.train.latest_checkpoint(str(model_path / "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {model_path / 'checkpoints'}")
-    status = tf.train.Checkpoint(generator=parts.generator, g_optimizer=g_optimizer).restore(
-        latest)
+    status = dibigan.checkpoint_for(parts, g_optimizer=g_optimizer).restore(latest)
     status.expect_partial().assert_existing_objects_matched()
     gan = dibigan.DiBiGAN(parts, config)
     gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=g_optimizer)

@@ -70,6 +70,18 @@ def _center_list(center) -> list[float] | None:
     return None if center is None else [float(v) for v in center.numpy()]
 
 
+def checkpoint_for(parts: DiBiGANParts, **optimizers) -> tf.train.Checkpoint:
+    """A ``tf.train.Checkpoint`` of the four networks' variables and the given optimizers.
+
+    ``tf.train.Checkpoint(flow=keras_model)`` does not reach a Keras 3 model's variables (a
+    checkpoint made so holds only optimizer slots), so the underlying tf.Variables are
+    tracked explicitly, in each network's (stable) variable order.
+    """
+    networks = {name: [v.value for v in getattr(parts, name).variables]
+                for name in ("flow", "student", "generator", "discriminator")}
+    return tf.train.Checkpoint(**networks, **optimizers)
+
+
 def per_example_noise(embeddings: tf.Tensor, step: tf.Tensor, noise_dim: int) -> tf.Tensor:
     """Standard-normal noise that is a pure function of (embedding, step).
 

@@ -153,10 +153,8 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
                                               ema_momentum=config.train.ema_momentum))
         gan.build_optimizers()
 
-    checkpoint = tf.train.Checkpoint(
-        flow=parts.flow, student=parts.student, generator=parts.generator,
-        discriminator=parts.discriminator, stage1_optimizer=stage1.optimizer,
-        d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
+    checkpoint = dibigan.checkpoint_for(parts, stage1_optimizer=stage1.optimizer,
+                                        d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
     manager = tf.train.CheckpointManager(checkpoint, str(model_path / "checkpoints"),
                                          max_to_keep=3)
     if manager.latest_checkpoint:
