@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 
 import keras
@@ -250,7 +249,3 @@ class CheckpointEvery(keras.callbacks.Callback):
         step = int(self.step.numpy())
         if step % self.every == 0:
             self.manager.save(checkpoint_number=self.offset + step)
-
-
-def default_model_dir() -> str:
-    return os.path.join("runs", "vec2face")
