@@ -92,3 +92,37 @@ def evaluate_reconstructions(generator, engine: Engine, probes: Faces, gallery: 
                                               thresholds),
         "images": images, "vectors": vectors, "nearest_neighbour_index": nn_index,
     }
+
+
+def comparison_grid(rows: np.ndarray, cosines: np.ndarray, titles: list[str],
+                    threshold: float | None) -> np.ndarray:
+    """Renders rows of images with their engine cosine and pass/fail at ``threshold``."""
+    import io
+
+    import matplotlib
+    import tensorflow as tf
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    count, columns = rows.shape[:2]
+    figure, axes = plt.subplots(count, columns, figsize=(columns * 1.3, count * 1.45),
+                                squeeze=False)
+    for row in range(count):
+        for column in range(columns):
+            axis = axes[row, column]
+            axis.imshow(rows[row, column])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(titles[column], fontsize=7)
+            if column:
+                passed = threshold is not None and cosines[row, column] > threshold
+                mark = "" if threshold is None else (" pass" if passed else " fail")
+                axis.set_xlabel(f"cos {cosines[row, column]:.3f}{mark}", fontsize=6,
+                                color="green" if passed else "black")
+    figure.tight_layout(pad=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return tf.io.decode_png(buffer.getvalue(), channels=3).numpy()

@@ -309,7 +309,8 @@ class DiBiGAN(_PrebuiltModel):
         embeddings, noise = inputs
         return self.generator([embeddings, noise], training=training)
 
-    def _latents(self, images):
+    def latents(self, images):
+        """The frozen flow's latents of images in [-1, 1] (no dequantisation noise)."""
         x = flow_lib.BijectiveFlow.preprocess(images, self.config.flow.num_bits, dequantize=False)
         latents, _ = self.flow.forward(x, training=False)
         return latents
@@ -351,11 +352,11 @@ class DiBiGAN(_PrebuiltModel):
             fake_logits = self.discriminator([fake_images, embeddings], training=True)
             g_adversarial = losses_lib.generator_adversarial_loss(
                 fake_logits, kind=kind, global_batch_size=batch)
-            fake_latents = self._latents(fake_images)
+            fake_latents = self.latents(fake_images)
             # Mine positives and negatives among the real images of the whole global batch, so
             # that N replicas see the same triplets as one. Real latents need no gradient.
             real_latents = [gather_replicas(tf.stop_gradient(z))
-                            for z in self._latents(images)]
+                            for z in self.latents(images)]
             metric = losses_lib.batch_hard_triplet_loss(
                 fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
                 real_labels=gather_replicas(labels), level_weights=self.level_weights,

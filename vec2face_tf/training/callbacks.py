@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from vec2face_tf import losses as losses_lib
 from vec2face_tf.engines.base import Engine
-from vec2face_tf.evaluation.reconstruction import to_uint8
-from vec2face_tf.models import flow as flow_lib
+from vec2face_tf.evaluation.reconstruction import comparison_grid, to_uint8
 
 
 class ReplayBuffer:
@@ -109,14 +106,11 @@ class StudentRefresh(keras.callbacks.Callback):
                 logs["refresh_gap_before"], logs["refresh_gap_after"] = self.last_gap
 
     def _student_vectors(self, images):
-        x = flow_lib.BijectiveFlow.preprocess(images, self.model.config.flow.num_bits,
-                                              dequantize=False)
-        latents, _ = self.model.flow.forward(x, training=False)
-        return latents, self.model.student(latents, training=False)
+        return self.model.student(self.model.latents(images), training=False)
 
     def student_gap(self, images: np.ndarray, vectors: np.ndarray) -> float:
         """Mean (centred) distillation loss of the student against the given teacher vectors."""
-        _, student_vectors = self._student_vectors(tf.constant(images))
+        student_vectors = self._student_vectors(tf.constant(images))
         return float(losses_lib.distillation_loss(student_vectors, tf.constant(vectors),
                                                   center=self.center))
 
@@ -158,43 +152,10 @@ class StudentRefresh(keras.callbacks.Callback):
     def _distill_once(self, images, vectors):
         variables = self.model.student.trainable_variables
         with tf.GradientTape() as tape:
-            _, student_vectors = self._student_vectors(images)
+            student_vectors = self._student_vectors(images)
             loss = losses_lib.distillation_loss(student_vectors, vectors, center=self.center)
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
-
-
-def image_grid(real: np.ndarray, reconstructed: np.ndarray, cosines: np.ndarray,
-               columns: int = 8) -> np.ndarray:
-    """Renders pairs [real | reconstruction] with the engine cosine under each; uint8 RGB.
-
-    Args:
-      real: uint8[N, H, W, 3] real faces.
-      reconstructed: uint8[N, H, W, 3] reconstructions G(F(real)).
-      cosines: float[N] engine cosine between each pair.
-      columns: pairs per row.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    count = len(real)
-    rows = int(np.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns * 2, figsize=(columns * 2 * 0.9, rows * 1.1),
-                                squeeze=False)
-    for axis in axes.ravel():
-        axis.axis("off")
-    for i in range(count):
-        row, column = divmod(i, columns)
-        axes[row, 2 * column].imshow(real[i])
-        axes[row, 2 * column + 1].imshow(reconstructed[i])
-        axes[row, 2 * column + 1].set_title(f"cos {cosines[i]:.2f}", fontsize=6, y=-0.22)
-    figure.tight_layout(pad=0.2)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return tf.io.decode_png(buffer.getvalue(), channels=3).numpy()
 
 
 class ImageGridLogger(keras.callbacks.Callback):
@@ -234,7 +195,9 @@ class ImageGridLogger(keras.callbacks.Callback):
         vectors = self.engine.embed(generated)
         self.queries += len(generated)
         cosines = np.sum(vectors * self.embeddings, axis=1)
-        grid = image_grid(self.images, generated, cosines)
+        grid = comparison_grid(np.stack([self.images, generated], axis=1),
+                               np.stack([np.ones_like(cosines), cosines], axis=1),
+                               ["real", "reconstruction"], threshold=None)
         with self.writer.as_default():
             tf.summary.image("real_vs_reconstruction", grid[None], step=step)
             tf.summary.scalar("engine_cosine", float(cosines.mean()), step=step)
