@@ -27,3 +27,75 @@ def faces_dev() -> pathlib.Path:
             pytest.fail(message + "; VEC2FACE_REQUIRE_DATA=1 makes this a failure")
         pytest.skip(message)
     return root
+
+
+@pytest.fixture(scope="session")
+def real_faces(faces_dev, tmp_path_factory):
+    """210 faces-dev photos (70 identities x 3) aligned and embedded by dlib, as ``Faces``.
+
+    Export tests calibrate and check parity on these real engine vectors; prepare runs
+    in-process (``workers=0``), about 15 s on a 2-core CPU.
+    """
+    from vec2face_tf.data import pipeline, prepare
+    from vec2face_tf.engines import get_engine
+
+    folder = tmp_path_factory.mktemp("real_faces")
+    identities = [d for d in sorted(faces_dev.iterdir())
+                  if d.is_dir() and len(list(d.glob("*.jpg"))) >= 3][::5][:70]
+    for identity in identities:
+        (folder / identity.name).mkdir()
+        for photo in sorted(identity.glob("*.jpg"))[:3]:
+            (folder / identity.name / photo.name).symlink_to(photo)
+    cache = tmp_path_factory.mktemp("real_faces_cache")
+    prepare.prepare(str(folder), "dlib", cache, workers=0, progress=False)
+    engine = get_engine("dlib")
+    try:
+        return pipeline.load_faces(cache, engine.name)
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> pathlib.Path:
+    """A ``smoke`` training folder (dlib, D=128) whose checkpoint holds untrained weights.
+
+    The live generator weights are perturbed after the EMA slots were built, so the EMA
+    generator and the live one differ: an export that used the wrong one shows it.
+    """
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from vec2face_tf import config as config_lib
+    from vec2face_tf.models import dibigan
+
+    model_dir = tmp_path_factory.mktemp("smoke_run")
+    config = config_lib.get_config("smoke")
+    parts = dibigan.build_parts(config, embedding_dim=128)
+    g_optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=config.train.ema_momentum)
+    weights = parts.generator.trainable_variables
+    rng = tf.random.Generator.from_seed(0)
+    # Untrained toRGB heads are zero (a flat grey image); perturbing every weight makes the
+    # output a real image. A first step with zero gradients moves no weight and sets the EMA
+    # to the weights; the second perturbation then separates live and EMA weights.
+    for variable in weights:
+        variable.assign(variable + 0.1 * rng.normal(variable.shape))
+    g_optimizer.apply_gradients([(tf.zeros_like(v), v) for v in weights])
+    for variable in weights:
+        variable.assign(variable + 0.05 * rng.normal(variable.shape))
+    checkpoint = dibigan.checkpoint_for(parts, g_optimizer=g_optimizer)
+    tf.train.CheckpointManager(checkpoint, model_dir / "checkpoints", max_to_keep=1).save(1)
+    (model_dir / "config.json").write_text(config.to_json())
+    (model_dir / "engine.json").write_text(json.dumps({"name": "dlib", "dim": 128}))
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_export(smoke_run, tmp_path_factory):
+    """Version 1 of ``smoke_run``'s SavedModel export, as an ``ExportedModel``."""
+    from vec2face_tf.export import savedmodel
+
+    generator, metadata = savedmodel.load_run(smoke_run)
+    base = tmp_path_factory.mktemp("export_base")
+    return savedmodel.write_savedmodel(generator, metadata, base, "smoke")

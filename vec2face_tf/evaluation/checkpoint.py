@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -15,23 +14,6 @@ from vec2face_tf.engines import get_engine
 from vec2face_tf.evaluation import reconstruction
 from vec2face_tf.evaluation.reconstruction import comparison_grid
 from vec2face_tf.models import dibigan
-
-
-def load_ema_generator(model_dir: str | pathlib.Path, embedding_dim: int) -> keras.Model:
-    """The EMA generator of ``model_dir``'s latest checkpoint."""
-    model_path = pathlib.Path(model_dir)
-    config = config_lib.config_from_dict(json.loads((model_path / "config.json").read_text()))
-    parts = dibigan.build_parts(config, embedding_dim)
-    g_optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=config.train.ema_momentum)
-    g_optimizer.build(parts.generator.trainable_variables)
-    latest = tf.train.latest_checkpoint(str(model_path / "checkpoints"))
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {model_path / 'checkpoints'}")
-    status = dibigan.checkpoint_for(parts, g_optimizer=g_optimizer).restore(latest)
-    status.expect_partial().assert_existing_objects_matched()
-    gan = dibigan.DiBiGAN(parts, config)
-    gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=g_optimizer)
-    return gan.ema_generator()
 
 
 def evaluate_run(model_dir: str | pathlib.Path, cache_dir: str | pathlib.Path,
@@ -56,7 +38,7 @@ def evaluate_run(model_dir: str | pathlib.Path, cache_dir: str | pathlib.Path,
     train_ids = np.flatnonzero(np.isin(faces.identity_names, split["train_identities"]))
     probes = pipeline.subset_identities(faces, held_out_ids)
     gallery = pipeline.subset_identities(faces, train_ids)
-    generator = load_ema_generator(model_path, engine.dim)
+    generator = dibigan.load_ema_generator(model_path, engine.dim)
     report = reconstruction.evaluate_reconstructions(
         generator, engine, probes, gallery, faces, noise_dim=config.generator.noise_dim,
         seed=config.data.seed)

@@ -16,6 +16,8 @@ the generator only through the student ``S = C∘H``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 
 import keras
 import tensorflow as tf
@@ -406,3 +408,20 @@ class DiBiGAN(_PrebuiltModel):
                 value = averages[optimizer._get_variable_index(source)]
             target.assign(value)
         return ema
+
+
+def load_ema_generator(model_dir: str | pathlib.Path, embedding_dim: int) -> keras.Model:
+    """The EMA generator of ``model_dir``'s latest checkpoint."""
+    model_path = pathlib.Path(model_dir)
+    config = config_from_dict(json.loads((model_path / "config.json").read_text()))
+    parts = build_parts(config, embedding_dim)
+    g_optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=config.train.ema_momentum)
+    g_optimizer.build(parts.generator.trainable_variables)
+    latest = tf.train.latest_checkpoint(str(model_path / "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {model_path / 'checkpoints'}")
+    status = checkpoint_for(parts, g_optimizer=g_optimizer).restore(latest)
+    status.expect_partial().assert_existing_objects_matched()
+    gan = DiBiGAN(parts, config)
+    gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=g_optimizer)
+    return gan.ema_generator()

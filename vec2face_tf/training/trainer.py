@@ -109,6 +109,8 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
     strategy = get_strategy(strategy_name)
     model_path.mkdir(parents=True, exist_ok=True)
     (model_path / "config.json").write_text(config.to_json())
+    # Exports read the engine from here instead of loading it again.
+    (model_path / "engine.json").write_text(json.dumps({"name": engine.name, "dim": engine.dim}))
 
     cache_path = pathlib.Path(cache_dir) if cache_dir else model_path / "cache"
     stats = prepare.prepare(source, config.engine, cache_path, crop=config.crop,

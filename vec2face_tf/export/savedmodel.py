@@ -1,0 +1,280 @@
+"""The exported generator: a SavedModel in TF Serving's layout (DESIGN §3).
+
+``<export_base>/<model_name>/<version>/`` holds a SavedModel with two signatures:
+
+- ``serving_default``: ``embedding`` float32[None, D] (raw engine output, L2-normalised inside)
+  -> ``image`` uint8[None, H, W, 3] RGB aligned crop, with noise = 0;
+- ``sample``: ``embedding`` float32[None, D], ``noise`` float32[None, Z] -> ``image``;
+
+and the asset ``assets/vec2face.json`` (engine, D, H, W, Z, crop spec, package version, training
+config). A version is written to a hidden temporary folder and renamed into place, so a server
+polling the base path never sees half a model, and an existing version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+import vec2face_tf
+from vec2face_tf import config as config_lib
+from vec2face_tf.models import dibigan
+
+METADATA_FILE = "vec2face.json"
+ENGINE_FILE = "engine.json"
+SERVING_SIGNATURE = "serving_default"
+SAMPLE_SIGNATURE = "sample"
+MODELS_CONFIG_FILE = "models.config"
+_VERSION_DIR = re.compile(r"^[0-9]+$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExportError(ValueError):
+    """An export that cannot work: a missing checkpoint, a bad name, an existing version."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+    """Where a version went and what it holds."""
+
+    path: pathlib.Path
+    version: int
+    metadata: dict
+
+
+def to_uint8_image(images: tf.Tensor) -> tf.Tensor:
+    """Generator output in [-1, 1] to uint8 RGB, rounding to the nearest level."""
+    scaled = tf.round((tf.cast(images, tf.float32) + 1.0) * 127.5)
+    return tf.cast(tf.clip_by_value(scaled, 0.0, 255.0), tf.uint8)
+
+
+def checked_matrix(values: tf.Tensor, columns: int, name: str) -> tf.Tensor:
+    """``values`` unchanged, after an in-graph check that it really is ``[batch, columns]``.
+
+    A loaded signature (and TF Serving) feeds tensors of any shape past the declared
+    ``[None, columns]``, and grappler folds ``tf.rank`` to the declared 2, so the check reads
+    the runtime shape padded with zeros: a rank-1 or rank-3 input cannot pass it.
+    """
+    shape = tf.shape(values)
+    padded = tf.concat([shape, [0, 0]], 0)
+    last = tf.concat([[0], shape], 0)[-1]
+    is_matrix = tf.logical_and(
+        tf.equal(tf.size(values), padded[0] * columns),
+        tf.logical_and(tf.equal(padded[1], columns), tf.equal(last, columns)))
+    with tf.control_dependencies([tf.debugging.Assert(is_matrix, [
+            f"{name} must be float32[batch, {columns}]; got shape", shape])]):
+        return tf.identity(values)
+
+
+def checked_embedding(embedding: tf.Tensor, dim: int) -> tf.Tensor:
+    """``embedding`` unchanged, after in-graph checks that a served request cannot skip.
+
+    A wrong shape, an empty batch, NaN/Inf or an all-zero row would otherwise give a crash
+    deep in the generator, or a garbage, grey or NaN image with no error, so each fails here
+    with a message that names the problem.
+    """
+    embedding = checked_matrix(embedding, dim, "embedding (engine dimension D)")
+    # The generator's instance norm cannot broadcast a zero-size batch; say so instead.
+    embedding = tf.debugging.assert_all_finite(embedding, "embedding contains NaN or Inf; "
+                                               "pass the engine's raw feature vectors")
+    with tf.control_dependencies([tf.debugging.assert_positive(
+            tf.shape(embedding)[0], message="embedding batch is empty: send at least one row")]):
+        embedding = tf.identity(embedding)
+    norms = tf.norm(embedding, axis=-1)
+    with tf.control_dependencies([tf.debugging.assert_positive(
+            norms, message="embedding has an all-zero row, which has no direction to invert")]):
+        return tf.identity(embedding)
+
+
+def model_dir_engine(model_dir: pathlib.Path, config: config_lib.Config) -> dict:
+    """The engine a run trained against: ``engine.json``, or the engine itself for older runs."""
+    saved = model_dir / ENGINE_FILE
+    if saved.exists():
+        return json.loads(saved.read_text())
+    from vec2face_tf.engines import get_engine
+
+    engine = get_engine(config.engine)
+    try:
+        return {"name": engine.name, "dim": engine.dim}
+    finally:
+        engine.close()
+
+
+def load_run(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """The EMA generator of ``model_dir``'s latest checkpoint and the export metadata."""
+    model_path = pathlib.Path(model_dir)
+    config_file = model_path / "config.json"
+    if not config_file.exists():
+        raise ExportError(f"{model_path} is not a training folder: no config.json")
+    if tf.train.latest_checkpoint(str(model_path / "checkpoints")) is None:
+        raise ExportError(f"no checkpoint in {model_path / 'checkpoints'}; train first")
+    config = config_lib.config_from_dict(json.loads(config_file.read_text()))
+    engine = model_dir_engine(model_path, config)
+    generator = dibigan.load_ema_generator(model_path, engine["dim"])
+    return generator, metadata_for(config, engine, generator)
+
+
+def metadata_for(config: config_lib.Config, engine: dict, generator: keras.Model) -> dict:
+    """The ``vec2face.json`` asset: what a client needs to use the model correctly."""
+    return {
+        "format": "vec2face_tf generator",
+        "engine": engine["name"],
+        "embedding_dim": int(generator.embedding_dim),
+        "height": int(generator.resolution),
+        "width": int(generator.resolution),
+        "noise_dim": int(generator.noise_dim),
+        "crop": dataclasses.asdict(config.crop),
+        "package_version": vec2face_tf.__version__,
+        "signatures": {
+            SERVING_SIGNATURE: {"inputs": {"embedding": "float32[None, D]"},
+                                "outputs": {"image": "uint8[None, H, W, 3]"}},
+            SAMPLE_SIGNATURE: {"inputs": {"embedding": "float32[None, D]",
+                                          "noise": "float32[None, Z]"},
+                               "outputs": {"image": "uint8[None, H, W, 3]"}},
+        },
+        "training_config": json.loads(config.to_json()),
+    }
+
+
+def build_archive(generator: keras.Model) -> keras.export.ExportArchive:
+    """An ``ExportArchive`` with the two contract signatures of ``generator``.
+
+    ``ExportArchive`` (not a bare ``tf.Module``) because it tracks the Keras variables so that
+    the TFLite converter freezes them; a ``tf.Module`` export converts to a NaN TFLite model.
+    """
+    dim, noise_dim = generator.embedding_dim, generator.noise_dim
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+
+    def serve(embedding):
+        embedding = checked_embedding(embedding, dim)
+        noise = tf.zeros([tf.shape(embedding)[0], noise_dim], tf.float32)
+        return {"image": to_uint8_image(generator([embedding, noise], training=False))}
+
+    def sample(embedding, noise):
+        embedding = checked_embedding(embedding, dim)
+        noise = checked_matrix(noise, noise_dim, "noise (noise dimension Z)")
+        same_batch = tf.debugging.assert_equal(
+            tf.shape(noise)[0], tf.shape(embedding)[0],
+            message="noise and embedding must have the same batch size")
+        with tf.control_dependencies([same_batch]):
+            noise = tf.debugging.assert_all_finite(noise, "noise contains NaN or Inf")
+        return {"image": to_uint8_image(generator([embedding, noise], training=False))}
+
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[
+        tf.TensorSpec([None, dim], tf.float32, name="embedding")])
+    archive.add_endpoint(SAMPLE_SIGNATURE, sample, input_signature=[
+        tf.TensorSpec([None, dim], tf.float32, name="embedding"),
+        tf.TensorSpec([None, noise_dim], tf.float32, name="noise")])
+    return archive
+
+
+def existing_versions(model_base: pathlib.Path) -> list[int]:
+    """The version numbers under ``<export_base>/<model_name>``, ascending."""
+    if not model_base.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_base.iterdir()
+                  if p.is_dir() and _VERSION_DIR.match(p.name))
+
+
+def check_model_name(model_name: str) -> str:
+    if not _MODEL_NAME.match(model_name or ""):
+        raise ExportError(f"model name {model_name!r} must be letters, digits, '_', '.' or '-' "
+                          "(it becomes a folder and a TF Serving model name)")
+    return model_name
+
+
+def write_savedmodel(generator: keras.Model, metadata: dict, export_base: str | os.PathLike,
+                     model_name: str, version: int | None = None) -> ExportedModel:
+    """Writes the next (or the given) version of ``model_name`` and refreshes ``models.config``.
+
+    Raises:
+      ExportError: for a bad model name, or a ``version`` that exists already.
+    """
+    model_base = pathlib.Path(export_base) / check_model_name(model_name)
+    model_base.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        version = (existing_versions(model_base) or [0])[-1] + 1
+    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"version must be a positive integer, got {version!r}")
+    target = model_base / str(version)
+    if target.exists():
+        raise ExportError(f"{target} exists; exporting never overwrites a version")
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base))
+    try:
+        build_archive(generator).write_out(str(staging / "model"), verbose=False)
+        assets = staging / "model" / "assets"
+        assets.mkdir(exist_ok=True)
+        (assets / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        try:
+            # rename(2) of a directory onto an existing non-empty one fails: a concurrent
+            # export that took this version first is never overwritten.
+            os.rename(staging / "model", target)
+        except OSError as error:
+            raise ExportError(f"{target} appeared while exporting; not overwritten") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_models_config(pathlib.Path(export_base))
+    return ExportedModel(target, version, metadata)
+
+
+def write_models_config(export_base: pathlib.Path, container_base: str = "/models") -> str:
+    """Writes ``<export_base>/models.config`` listing every model that has a version.
+
+    The paths are those the models have inside the ``tensorflow/serving`` container when
+    ``export_base`` is mounted at ``container_base``.
+    """
+    entries = []
+    for model_base in sorted(p for p in export_base.iterdir() if p.is_dir()):
+        if any((model_base / str(v) / "saved_model.pb").exists()
+               for v in existing_versions(model_base)):
+            entries.append(
+                "  config {\n"
+                f'    name: "{model_base.name}"\n'
+                f'    base_path: "{container_base}/{model_base.name}"\n'
+                '    model_platform: "tensorflow"\n'
+                "  }\n")
+    text = "model_config_list {\n" + "".join(entries) + "}\n"
+    staging = export_base / f".{MODELS_CONFIG_FILE}.tmp"
+    staging.write_text(text)
+    os.replace(staging, export_base / MODELS_CONFIG_FILE)
+    return text
+
+
+def format_dir(export_base: str | os.PathLike, model_name: str, fmt: str,
+               version: int) -> pathlib.Path:
+    """Where the ``fmt`` files (``tflite``, ``onnx``) of a version go.
+
+    ``<export_base>/<model_name>/<fmt>/<version>/``: beside the SavedModel versions, and
+    ignored by TF Serving, which loads only numeric folders.
+    """
+    return pathlib.Path(export_base) / check_model_name(model_name) / fmt / str(version)
+
+
+def read_metadata(saved_model_dir: str | os.PathLike) -> dict:
+    """The ``vec2face.json`` asset of an exported version."""
+    path = pathlib.Path(saved_model_dir) / "assets" / METADATA_FILE
+    if not path.exists():
+        raise ExportError(f"{saved_model_dir} is not a vec2face_tf export: no assets/"
+                          f"{METADATA_FILE}")
+    return json.loads(path.read_text())
+
+
+def resolve_version_dir(path: str | os.PathLike) -> pathlib.Path:
+    """A SavedModel folder from either a version folder or a model base (latest version)."""
+    path = pathlib.Path(path)
+    if (path / "saved_model.pb").exists():
+        return path
+    versions = existing_versions(path)
+    if versions and (path / str(versions[-1]) / "saved_model.pb").exists():
+        return path / str(versions[-1])
+    raise ExportError(f"{path} holds no SavedModel (neither saved_model.pb nor a version "
+                      "folder)")
