@@ -84,6 +84,21 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, tmp_path):
     checkpoint = (model_dir / "checkpoints" / "checkpoint").read_text()
     assert f'model_checkpoint_path: "ckpt-{config.train.stage1_steps + 1 + 6}"' in checkpoint
 
+    # G and D see features centred on the training identities' mean, kept in the checkpoint.
+    from vec2face_tf.data import pipeline
+    from vec2face_tf.models import dibigan
+
+    run = json.loads((model_dir / "run.json").read_text())
+    assert run == {"engine": "dlib", "embedding_dim": 128,
+                   "cache_dir": str((model_dir / "cache").resolve())}
+    faces = pipeline.load_faces(model_dir / "cache", "dlib", config.crop, resolution=32,
+                                min_images_per_identity=config.data.min_images_per_identity)
+    train_faces = pipeline.subset_identities(faces, np.flatnonzero(
+        np.isin(faces.identity_names, split["train_identities"])))
+    ema = dibigan.load_ema_generator(model_dir, 128)
+    np.testing.assert_allclose(ema.embedding_normalization.center.numpy(),
+                               train_faces.embeddings.mean(axis=0), atol=1e-6)
+
     # The run's EMA generator is scored on its held-out identities next to the baselines.
     from vec2face_tf.evaluation.checkpoint import evaluate_run
 

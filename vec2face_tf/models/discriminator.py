@@ -14,6 +14,8 @@ import math
 import keras
 from keras import ops
 
+from vec2face_tf.models.centering import CenteredUnitNormalization
+
 _LEAK = 0.2
 _RESIDUAL_SCALE = 2.0 ** -0.5
 
@@ -111,7 +113,7 @@ class Discriminator(keras.Model):
         self.blocks = [ResidualDownBlock(channels, dtype=policy, name=f"block_{index}")
                        for index, channels in enumerate(self.block_channels)]
         # The heads run in float32 so logits are float32 under mixed precision.
-        self.embedding_normalization = keras.layers.UnitNormalization(
+        self.embedding_normalization = CenteredUnitNormalization(
             dtype="float32", name="embedding_normalization")
         self.psi = _spectral(keras.layers.Dense(1, dtype="float32", name="psi"))
         self.embed = _spectral(keras.layers.Dense(self.block_channels[-1], use_bias=False,

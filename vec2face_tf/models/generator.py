@@ -14,6 +14,8 @@ import math
 import keras
 from keras import ops
 
+from vec2face_tf.models.centering import CenteredUnitNormalization
+
 _LEAK = 0.2
 
 
@@ -183,7 +185,7 @@ class Generator(keras.Model):
         policy = self.dtype_policy
         # float32 even under mixed precision: eps**2 underflows in float16 and a zero embedding
         # would then divide by zero.
-        self.embedding_normalization = keras.layers.UnitNormalization(
+        self.embedding_normalization = CenteredUnitNormalization(
             dtype="float32", name="embedding_normalization")
         self.mapping = [keras.layers.Dense(style_dim, dtype=policy, name=f"mapping_{index}")
                         for index in range(mapping_layers)]

@@ -109,10 +109,12 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
     strategy = get_strategy(strategy_name)
     model_path.mkdir(parents=True, exist_ok=True)
     (model_path / "config.json").write_text(config.to_json())
-    # Exports read the engine from here instead of loading it again.
-    (model_path / "engine.json").write_text(json.dumps({"name": engine.name, "dim": engine.dim}))
 
     cache_path = pathlib.Path(cache_dir) if cache_dir else model_path / "cache"
+    # Exports read the engine and the cache (int8 calibration) from here.
+    (model_path / "run.json").write_text(json.dumps({
+        "engine": engine.name, "embedding_dim": engine.dim,
+        "cache_dir": str(cache_path.resolve())}, indent=1))
     stats = prepare.prepare(source, config.engine, cache_path, crop=config.crop,
                             workers=workers, max_images=max_images)
     logging.info("prepared faces: %s", stats)
@@ -137,6 +139,8 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
 
     with strategy.scope():
         parts = dibigan.build_parts(config, embedding_dim=engine.dim)
+        for network in (parts.generator, parts.discriminator):
+            network.embedding_normalization.set_center(center)
         stage1 = dibigan.FlowStudentTrainer(
             parts.flow, parts.student, num_bits=config.flow.num_bits, center=center,
             global_batch_size=global_batch)
