@@ -30,14 +30,12 @@ def faces_dev() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def real_faces(faces_dev, tmp_path_factory):
-    """210 faces-dev photos (70 identities x 3) aligned and embedded by dlib, as ``Faces``.
+def real_faces_cache(faces_dev, tmp_path_factory) -> pathlib.Path:
+    """An embedding cache of 210 faces-dev photos (70 identities x 3), dlib engine.
 
-    Export tests calibrate and check parity on these real engine vectors; prepare runs
-    in-process (``workers=0``), about 15 s on a 2-core CPU.
+    prepare runs in-process (``workers=0``), about 15 s on a 2-core CPU.
     """
-    from vec2face_tf.data import pipeline, prepare
-    from vec2face_tf.engines import get_engine
+    from vec2face_tf.data import prepare
 
     folder = tmp_path_factory.mktemp("real_faces")
     identities = [d for d in sorted(faces_dev.iterdir())
@@ -48,9 +46,18 @@ def real_faces(faces_dev, tmp_path_factory):
             (folder / identity.name / photo.name).symlink_to(photo)
     cache = tmp_path_factory.mktemp("real_faces_cache")
     prepare.prepare(str(folder), "dlib", cache, workers=0, progress=False)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def real_faces(real_faces_cache):
+    """``real_faces_cache`` loaded as ``Faces``: real dlib vectors for calibration and parity."""
+    from vec2face_tf.data import pipeline
+    from vec2face_tf.engines import get_engine
+
     engine = get_engine("dlib")
     try:
-        return pipeline.load_faces(cache, engine.name)
+        return pipeline.load_faces(real_faces_cache, engine.name)
     finally:
         engine.close()
 
@@ -87,7 +94,8 @@ def smoke_run(tmp_path_factory) -> pathlib.Path:
     checkpoint = dibigan.checkpoint_for(parts, g_optimizer=g_optimizer)
     tf.train.CheckpointManager(checkpoint, model_dir / "checkpoints", max_to_keep=1).save(1)
     (model_dir / "config.json").write_text(config.to_json())
-    (model_dir / "engine.json").write_text(json.dumps({"name": "dlib", "dim": 128}))
+    (model_dir / "run.json").write_text(json.dumps({
+        "engine": "dlib", "embedding_dim": 128, "cache_dir": str(model_dir / "cache")}))
     return model_dir
 
 

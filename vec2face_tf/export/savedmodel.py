@@ -29,7 +29,7 @@ from vec2face_tf import config as config_lib
 from vec2face_tf.models import dibigan
 
 METADATA_FILE = "vec2face.json"
-ENGINE_FILE = "engine.json"
+RUN_FILE = "run.json"
 SERVING_SIGNATURE = "serving_default"
 SAMPLE_SIGNATURE = "sample"
 MODELS_CONFIG_FILE = "models.config"
@@ -94,16 +94,17 @@ def checked_embedding(embedding: tf.Tensor, dim: int) -> tf.Tensor:
         return tf.identity(embedding)
 
 
-def model_dir_engine(model_dir: pathlib.Path, config: config_lib.Config) -> dict:
-    """The engine a run trained against: ``engine.json``, or the engine itself for older runs."""
-    saved = model_dir / ENGINE_FILE
+def run_info(model_dir: pathlib.Path, config: config_lib.Config) -> dict:
+    """A run's engine, D and cache: ``run.json``, or the engine itself for older runs."""
+    saved = model_dir / RUN_FILE
     if saved.exists():
         return json.loads(saved.read_text())
     from vec2face_tf.engines import get_engine
 
     engine = get_engine(config.engine)
     try:
-        return {"name": engine.name, "dim": engine.dim}
+        return {"engine": engine.name, "embedding_dim": engine.dim,
+                "cache_dir": str(model_dir / "cache")}
     finally:
         engine.close()
 
@@ -117,16 +118,16 @@ def load_run(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     if tf.train.latest_checkpoint(str(model_path / "checkpoints")) is None:
         raise ExportError(f"no checkpoint in {model_path / 'checkpoints'}; train first")
     config = config_lib.config_from_dict(json.loads(config_file.read_text()))
-    engine = model_dir_engine(model_path, config)
-    generator = dibigan.load_ema_generator(model_path, engine["dim"])
-    return generator, metadata_for(config, engine, generator)
+    info = run_info(model_path, config)
+    generator = dibigan.load_ema_generator(model_path, info["embedding_dim"])
+    return generator, metadata_for(config, info["engine"], generator)
 
 
-def metadata_for(config: config_lib.Config, engine: dict, generator: keras.Model) -> dict:
+def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model) -> dict:
     """The ``vec2face.json`` asset: what a client needs to use the model correctly."""
     return {
         "format": "vec2face_tf generator",
-        "engine": engine["name"],
+        "engine": engine,
         "embedding_dim": int(generator.embedding_dim),
         "height": int(generator.resolution),
         "width": int(generator.resolution),
