@@ -183,3 +183,25 @@ def test_read_metadata_and_resolve_reject_other_folders(tmp_path):
         savedmodel.read_metadata(tmp_path)
     with pytest.raises(savedmodel.ExportError, match="holds no SavedModel"):
         savedmodel.resolve_version_dir(tmp_path)
+
+
+def test_thresholds_come_from_the_runs_cache(smoke_run, real_faces_cache, real_faces,
+                                             tmp_path):
+    import shutil
+
+    from vec2face_tf.evaluation import metrics
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "run.json").write_text(json.dumps({"engine": "dlib", "embedding_dim": D,
+                                              "cache_dir": str(real_faces_cache)}))
+    _, metadata = savedmodel.load_run(run)
+    thresholds = metadata["thresholds"]
+    _, impostor = metrics.pair_scores(real_faces.embeddings, real_faces.labels)
+    # 210 faces of 70 people: 21,735 - 210 impostor pairs support 1e-2 and 1e-3, not 1e-4.
+    assert set(thresholds["fmr"]) == {"0.01", "0.001"}
+    assert thresholds["fmr"]["0.001"]["impostor_pairs"] == len(impostor)
+    assert thresholds["fmr"]["0.001"]["cosine"] == pytest.approx(
+        metrics.threshold_at_fmr(impostor, 1e-3).value)
+    assert (thresholds["faces"], thresholds["identities"]) == (len(real_faces), 70)
+    assert savedmodel.load_run(smoke_run)[1]["thresholds"] is None  # no cache, no thresholds

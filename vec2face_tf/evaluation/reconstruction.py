@@ -14,6 +14,7 @@ import numpy as np
 from vec2face_tf.data.pipeline import Faces
 from vec2face_tf.engines.base import Engine
 from vec2face_tf.evaluation import metrics
+from vec2face_tf.evaluation.thresholds import thresholds_as_json
 
 
 def to_uint8(images) -> np.ndarray:
@@ -81,9 +82,7 @@ def evaluate_reconstructions(generator, engine: Engine, probes: Faces, gallery: 
     nn_index, _ = metrics.nearest_neighbour_scores(probes.embeddings, gallery.embeddings)
     random_index = np.random.default_rng(seed).integers(0, len(gallery), len(probes))
     return {
-        "thresholds": {f"{fmr:g}": {"cosine": t.value, "impostor_pairs": t.impostor_pairs,
-                                    "false_matches": t.false_matches}
-                       for fmr, t in thresholds.items()},
+        "thresholds": thresholds_as_json(thresholds),
         "probes": len(probes), "probe_identities": probes.num_identities,
         "gallery": len(gallery),
         "reconstruction": attack_report(vectors, probes, thresholds),

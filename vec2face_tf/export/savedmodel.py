@@ -7,8 +7,10 @@
 - ``sample``: ``embedding`` float32[None, D], ``noise`` float32[None, Z] -> ``image``;
 
 and the asset ``assets/vec2face.json`` (engine, D, H, W, Z, crop spec, package version, training
-config). A version is written to a hidden temporary folder and renamed into place, so a server
-polling the base path never sees half a model, and an existing version is never overwritten.
+config, and the engine's thresholds at FMR 1e-2/1e-3/1e-4 measured on the run's cached faces
+when the cache is there). A version is written to a hidden temporary folder and renamed into
+place, so a server polling the base path never sees half a model, and an existing version is
+never overwritten.
 """
 
 from __future__ import annotations
@@ -120,7 +122,17 @@ def load_run(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     config = config_lib.config_from_dict(json.loads(config_file.read_text()))
     info = run_info(model_path, config)
     generator = dibigan.load_ema_generator(model_path, info["embedding_dim"])
-    return generator, metadata_for(config, info["engine"], generator)
+    metadata = metadata_for(config, info["engine"], generator)
+    cache = pathlib.Path(info.get("cache_dir") or model_path / "cache")
+    if cache.is_dir():
+        from vec2face_tf.evaluation import thresholds
+
+        # Shipped with the model so that `vec2face-invert` can say whether a reconstruction
+        # passes, at thresholds measured on real faces rather than hard-coded.
+        metadata["thresholds"] = {**thresholds.cache_thresholds(cache, info["engine"],
+                                                                config.crop),
+                                  "source": "every face of the training run's cache"}
+    return generator, metadata
 
 
 def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model) -> dict:
@@ -142,6 +154,7 @@ def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model)
                                "outputs": {"image": "uint8[None, H, W, 3]"}},
         },
         "training_config": json.loads(config.to_json()),
+        "thresholds": None,  # filled from the run's cache when it is there
     }
 
 
