@@ -40,7 +40,7 @@ EXTRAS_REQUIRE = {
         "tf-keras==2.21.0",  # deepface's TF backend; only ever imported in the worker process
         "mtcnn==1.0.0",
     ],
-    "dev": ["pytest>=8", "ruff>=0.6"],
+    "dev": ["pytest>=8", "ruff>=0.6", "scipy>=1.11"],  # scipy: reference sqrtm in tests
 }
 
 # Binaries live in the top-level train/ and export/ folders (tensorflow/models style) and are
@@ -65,6 +65,10 @@ setup(
         "console_scripts": [
             "vec2face-prepare=vec2face_tf.bin.train.prepare:run",
             "vec2face-train=vec2face_tf.bin.train.train:run",
+            "vec2face-export=vec2face_tf.bin.export.export:run",
+            "vec2face-export-savedmodel=vec2face_tf.bin.export.export_savedmodel:run",
+            "vec2face-export-tflite=vec2face_tf.bin.export.export_tflite:run",
+            "vec2face-export-onnx=vec2face_tf.bin.export.export_onnx:run",
         ],
     },
 )

@@ -30,13 +30,8 @@ def faces_dev() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def real_faces_cache(faces_dev, tmp_path_factory) -> pathlib.Path:
-    """An embedding cache of 210 faces-dev photos (70 identities x 3), dlib engine.
-
-    prepare runs in-process (``workers=0``), about 15 s on a 2-core CPU.
-    """
-    from vec2face_tf.data import prepare
-
+def real_faces_folder(faces_dev, tmp_path_factory) -> pathlib.Path:
+    """210 faces-dev photos (70 identities x 3), linked into ``<identity>/<photo>``."""
     folder = tmp_path_factory.mktemp("real_faces")
     identities = [d for d in sorted(faces_dev.iterdir())
                   if d.is_dir() and len(list(d.glob("*.jpg"))) >= 3][::5][:70]
@@ -44,6 +39,18 @@ def real_faces_cache(faces_dev, tmp_path_factory) -> pathlib.Path:
         (folder / identity.name).mkdir()
         for photo in sorted(identity.glob("*.jpg"))[:3]:
             (folder / identity.name / photo.name).symlink_to(photo)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_faces_cache(real_faces_folder, tmp_path_factory) -> pathlib.Path:
+    """The dlib embedding cache of ``real_faces_folder``.
+
+    prepare runs in-process (``workers=0``), about 15 s on a 2-core CPU.
+    """
+    from vec2face_tf.data import prepare
+
+    folder = real_faces_folder
     cache = tmp_path_factory.mktemp("real_faces_cache")
     prepare.prepare(str(folder), "dlib", cache, workers=0, progress=False)
     return cache

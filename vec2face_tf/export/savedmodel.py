@@ -123,6 +123,10 @@ def load_run(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     info = run_info(model_path, config)
     generator = dibigan.load_ema_generator(model_path, info["embedding_dim"])
     metadata = metadata_for(config, info["engine"], generator)
+    split_file = model_path / "split.json"
+    if split_file.exists():
+        # vec2face-eval keeps these identities out of its probes.
+        metadata["train_identities"] = json.loads(split_file.read_text())["train_identities"]
     cache = pathlib.Path(info.get("cache_dir") or model_path / "cache")
     if cache.is_dir():
         from vec2face_tf.evaluation import thresholds
@@ -155,6 +159,7 @@ def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model)
         },
         "training_config": json.loads(config.to_json()),
         "thresholds": None,  # filled from the run's cache when it is there
+        "train_identities": None,  # filled from the run's split.json
     }
 
 

@@ -1,0 +1,134 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vec2face_tf.data.pipeline import Faces
+from vec2face_tf.engines import get_engine
+from vec2face_tf.evaluation import metrics, suite
+
+
+def _faces(labels, names=None, dim=4, seed=0):
+    labels = np.asarray(labels, np.int32)
+    rows = np.random.default_rng(seed).standard_normal((len(labels), dim)).astype(np.float32)
+    names = names or [f"p{i}" for i in range(labels.max() + 1)]
+    return Faces(crops=np.zeros((len(labels), 8, 8, 3), np.uint8),
+                 embeddings=rows / np.linalg.norm(rows, axis=1, keepdims=True), labels=labels,
+                 identity_names=np.array(names),
+                 hashes=np.array([f"h{i}" for i in range(len(labels))]))
+
+
+def test_training_identities_form_the_gallery_and_never_the_probes():
+    faces = _faces([0, 0, 1, 1, 2, 3, 3, 4])  # p2 has a single photo
+    sets = suite.split_faces(faces, ["p0", "p4"])
+    assert sorted(sets.gallery.identity_names) == ["p0", "p4"]
+    assert sorted(sets.probes.identity_names) == ["p1", "p3"]  # p2: no second photo
+
+
+def test_other_data_is_split_in_half_by_identity():
+    faces = _faces(np.repeat(np.arange(10), 2))
+    sets = suite.split_faces(faces, None, seed=3)
+    assert sets.gallery.num_identities == 5 and sets.probes.num_identities == 5
+    assert not set(sets.gallery.identity_names) & set(sets.probes.identity_names)
+    assert "half" in sets.split
+    capped = suite.split_faces(faces, None, max_probe_identities=2, seed=3)
+    assert capped.probes.num_identities == 2
+
+
+def test_no_probe_identity_is_a_clear_error():
+    with pytest.raises(suite.EvaluationError, match="no probe identity"):
+        suite.split_faces(_faces([0, 1, 2]), ["p0"])
+
+
+def test_attack_scores_golden():
+    probe = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    attack = np.array([[0.6, 0.8], [0, 1], [1, 0]], np.float32)
+    scores = suite.attack_scores(attack, probe, np.array([0, 1, 0]))
+    np.testing.assert_allclose(scores["type1"], [0.6, 1.0, 1.0])
+    # Type II: probe 0 against photo 2 and probe 2 against photo 0 (identity 0's pair).
+    np.testing.assert_allclose(scores["type2"], [0.6, 1.0])
+    np.testing.assert_array_equal(scores["type2_groups"], [0, 0])
+
+
+def test_evaluate_writes_the_full_report(smoke_export, real_faces_folder, real_faces_cache,
+                                         real_faces, tmp_path):
+    out = tmp_path / "eval"
+    report = suite.evaluate(smoke_export.path, str(real_faces_folder), out,
+                            cache_dir=real_faces_cache, workers=0, target_engine="dlib",
+                            detectors=("dlib",), progress=False)
+    for name in ("report.json", "report.md", "grid.png", "scores.png"):
+        assert (out / name).stat().st_size > 500, name
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    # Thresholds: every impostor pair of the 210 real photos, nothing hard-coded.
+    _, impostor = metrics.pair_scores(real_faces.embeddings, real_faces.labels)
+    assert set(report["thresholds"]) == {"0.01", "0.001"}
+    assert report["thresholds"]["0.001"]["cosine"] == pytest.approx(
+        metrics.threshold_at_fmr(impostor, 1e-3).value)
+    assert report["thresholds"]["0.001"]["impostor_pairs"] == len(impostor)
+    assert report["probe_identities"] == 35 and report["gallery_identities"] == 35
+    assert report["probes"] == 105
+
+    attacks = report["attacks"]
+    assert set(attacks) == set(suite.ATTACKS)
+    real = attacks["real_photos"]
+    assert real["mean_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert real["sar"]["0.001"]["type1"]["rate"] == 1.0
+    for attack in attacks.values():
+        for fmr in ("0.01", "0.001"):
+            for kind in ("type1", "type2"):
+                sar = attack["sar"][fmr][kind]
+                assert sar["low"] <= sar["rate"] <= sar["high"]
+        assert 0.0 <= attack["verification"]["mean"] <= 1.0
+    # The engine's own genuine pairs are far easier than a random training face.
+    assert (real["sar"]["0.01"]["type2"]["rate"]
+            > attacks["random_training_face"]["sar"]["0.01"]["type2"]["rate"])
+    assert real["verification"]["mean"] > 0.9
+    # Scoring the reconstructions again with the same engine (transfer to dlib) reproduces them.
+    transfer = report["transfer"]["reconstruction"]
+    assert transfer["mean_cosine"] == pytest.approx(attacks["reconstruction"]["mean_cosine"],
+                                                    abs=1e-5)
+    assert report["transfer"]["probes_missing_for_target"] == 0
+
+    # The reported reconstruction cosine is the engine's score of the SavedModel's images.
+    probes = suite.split_faces(real_faces, None).probes
+    images = tf.saved_model.load(str(smoke_export.path)).signatures["serving_default"](
+        embedding=tf.constant(probes.embeddings))["image"].numpy()
+    engine = get_engine("dlib")
+    try:
+        cosines = np.sum(engine.embed(images) * probes.embeddings, axis=1)
+    finally:
+        engine.close()
+    assert attacks["reconstruction"]["mean_cosine"] == pytest.approx(cosines.mean(), abs=1e-4)
+
+    detection = report["realism"]["detection"]["dlib"]
+    assert detection["real_photos"]["rate"] > 0.8
+    assert np.isfinite(report["realism"]["engine_frechet_distance"])
+    markdown = (out / "report.md").read_text()
+    for text in ("## Thresholds", "nearest neighbour", "real photos", "## Transfer", "dlib"):
+        assert text in markdown
+
+
+def test_wrong_engine_is_refused(smoke_export, real_faces_folder, tmp_path):
+    with pytest.raises(suite.EvaluationError, match="inverts dlib vectors"):
+        suite.evaluate(smoke_export.path, str(real_faces_folder), tmp_path,
+                       engine_spec="onnx:" + str(tmp_path / "missing.onnx"), progress=False)
+
+
+@pytest.mark.slow
+def test_binary_runs_with_both_detectors(smoke_export, real_faces_folder, real_faces_cache,
+                                         tmp_path):
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, "train/evaluate.py", f"--model={smoke_export.path.parent}",
+         f"--data={real_faces_folder}", f"--cache_dir={real_faces_cache}", f"--out={out}",
+         "--workers=0", "--max_probe_identities=10"],
+        capture_output=True, text=True, timeout=900,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["probe_identities"] == 10
+    assert set(report["realism"]["detection"]) == {"dlib", "mtcnn"}
+    assert "SAR I @0.001" in result.stdout

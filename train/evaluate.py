@@ -1,0 +1,56 @@
+r"""Measures how much identity an exported generator recovers from an engine's templates.
+
+  vec2face-eval --model=exports/vec2face/1 --data=/path/to/faces --engine=dlib --out=eval/
+  vec2face-eval --data=../shared/data/faces-dev --out=eval/demo     # the bundled demo model
+  vec2face-eval --model=exports/vec2face --data=tfds:lfw --out=eval/lfw \
+    --target_engine=deepface:Dlib
+
+Writes report.json, report.md, grid.png and scores.png into --out (DESIGN §4 protocol).
+"""
+
+import sys
+
+from absl import app, flags
+
+_MODEL = flags.DEFINE_string("model", None, "Exported SavedModel (version folder or model base; "
+                             "default: the bundled demo model).")
+_DATA = flags.DEFINE_string("data", None, "Folder <identity>/<image>, or tfds:lfw / tfds:celeb_a.")
+_ENGINE = flags.DEFINE_string("engine", None, "Engine (default and required: the model's).")
+_TARGET_ENGINE = flags.DEFINE_string("target_engine", None, "Also score the reconstructions "
+                                     "with this engine (transfer).")
+_OUT = flags.DEFINE_string("out", None, "Report folder.")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Embedding cache (default <out>/cache).")
+_WORKERS = flags.DEFINE_integer("workers", 2, "Processes that align and embed.", lower_bound=0)
+_MAX_PROBE_IDENTITIES = flags.DEFINE_integer("max_probe_identities", 0, "Evaluate at most this "
+                                             "many probe identities (0 = all).", lower_bound=0)
+_FID = flags.DEFINE_bool("fid", False, "Also FID/KID (downloads ImageNet InceptionV3 once).")
+_DETECTORS = flags.DEFINE_list("detectors", "dlib,mtcnn", "Face detectors for realism.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline, bootstrap and folds.")
+flags.mark_flags_as_required(["data", "out"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from vec2face_tf import demo
+    from vec2face_tf.evaluation import suite
+
+    try:
+        report = suite.evaluate(
+            _MODEL.value or demo.model_dir(), _DATA.value, _OUT.value,
+            engine_spec=_ENGINE.value, target_engine=_TARGET_ENGINE.value,
+            cache_dir=_CACHE_DIR.value, workers=_WORKERS.value,
+            max_probe_identities=_MAX_PROBE_IDENTITIES.value, fid=_FID.value,
+            detectors=tuple(_DETECTORS.value), seed=_SEED.value)
+    except suite.expected_errors() as error:
+        sys.exit(f"error: {error}")
+    print(suite.markdown_report(report))
+    print(f"report: {_OUT.value}/report.md (and report.json, grid.png, scores.png)")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

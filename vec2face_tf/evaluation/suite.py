@@ -1,0 +1,444 @@
+"""The evaluation protocol (DESIGN §4) for an exported generator: ``vec2face-eval``.
+
+``evaluate(model, data, out_dir)`` aligns and embeds ``data`` with the model's engine, takes
+the thresholds at FMR 1e-2/1e-3(/1e-4) from every impostor pair of those real photos, and
+reconstructs every probe face (identities the model never trained on) through the SavedModel's
+``serving_default``. Every attack is scored with the same thresholds, in the same run:
+
+- ``reconstruction``: ``G(F(I))``; type I against ``F(I)``, type II against the person's
+  other photos;
+- ``nearest_neighbour``: the gallery photo (training identities) closest to ``F(I)``;
+- ``random_training_face``: a random gallery photo (the floor);
+- ``real_photos``: the person's real photo itself (type II is then the engine's own genuine
+  pairs: the ceiling; type I is the photo against itself and always passes).
+
+Each gets SAR type I/II with bootstrap 95 % intervals (resampling whole identities), mean and
+median cosine, and the 10-fold verification accuracy of pairs whose first photo is replaced
+by the attack. ``target_engine`` repeats the scores with another engine (transfer), and the
+realism block reports detection rates, the engine-vector Fréchet distance and, optionally,
+FID/KID. Writes ``report.json``, ``report.md``, ``grid.png`` and ``scores.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+from absl import logging
+
+from vec2face_tf.config import CropSpec
+from vec2face_tf.data import pipeline, prepare
+from vec2face_tf.engines import get_engine
+from vec2face_tf.evaluation import metrics, realism
+from vec2face_tf.evaluation.reconstruction import comparison_grid
+from vec2face_tf.evaluation.thresholds import thresholds_as_json
+
+ATTACKS = ("reconstruction", "nearest_neighbour", "random_training_face", "real_photos")
+GRID_FMR = 1e-3
+_BATCH = 64
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot work: wrong engine, too few faces, no probes."""
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input or setup (one line for the user), not a bug."""
+    from vec2face_tf.data.cache import CacheError
+    from vec2face_tf.data.sources import SourceError
+    from vec2face_tf.engines import EngineError
+    from vec2face_tf.export.savedmodel import ExportError
+
+    return (EvaluationError, ExportError, EngineError, SourceError, CacheError,
+            realism.RealismError, FileNotFoundError)
+
+
+@dataclasses.dataclass
+class EvaluationSets:
+    """Probes (never trained on), the gallery of training faces, and every real face."""
+
+    probes: pipeline.Faces
+    gallery: pipeline.Faces
+    everyone: pipeline.Faces
+    split: str
+
+
+class SavedModelGenerator:
+    """The exported ``serving_default``: raw engine vectors in, uint8 faces out."""
+
+    def __init__(self, model_dir: str | os.PathLike):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        return np.concatenate([
+            self._signature(embedding=self._tf.constant(embeddings[start:start + _BATCH],
+                                                        self._tf.float32))["image"].numpy()
+            for start in range(0, len(embeddings), _BATCH)])
+
+
+def split_faces(faces: pipeline.Faces, train_identities, max_probe_identities: int = 0,
+                seed: int = 0) -> EvaluationSets:
+    """Probes are identities the model did not train on, with >= 2 photos (type II needs them).
+
+    With the model's training identities in ``faces`` (from ``vec2face.json``), those form the
+    gallery. Otherwise (another dataset) half of the identities, chosen with ``seed``, stand in
+    for the gallery.
+    """
+    trained = np.isin(faces.identity_names, list(train_identities or []))
+    photos_per_identity = np.bincount(faces.labels, minlength=faces.num_identities)
+    if trained.any():
+        gallery_ids = np.flatnonzero(trained)
+        candidate_ids = np.flatnonzero(~trained & (photos_per_identity >= 2))
+        split = (f"model's training identities ({len(gallery_ids)} present) as gallery; "
+                 "probes from the other identities")
+    else:
+        order = np.random.default_rng(seed).permutation(faces.num_identities)
+        gallery_ids = np.sort(order[: faces.num_identities // 2])
+        rest = np.sort(order[faces.num_identities // 2:])
+        candidate_ids = rest[photos_per_identity[rest] >= 2]
+        split = ("no training identity in this data: a seeded half of the identities is the "
+                 "gallery, probes from the other half")
+    if max_probe_identities and len(candidate_ids) > max_probe_identities:
+        candidate_ids = np.sort(np.random.default_rng(seed).choice(
+            candidate_ids, max_probe_identities, replace=False))
+    if len(candidate_ids) == 0 or len(gallery_ids) == 0:
+        raise EvaluationError(f"no probe identity with 2+ photos outside the model's training "
+                              f"identities (or an empty gallery) among {faces.num_identities} "
+                              "identities: evaluate on other data")
+    return EvaluationSets(pipeline.subset_identities(faces, candidate_ids),
+                          pipeline.subset_identities(faces, gallery_ids), faces, split)
+
+
+def _other_photo_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) index pairs of different photos of the same probe identity."""
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    return np.nonzero(same)
+
+
+def attack_scores(attack_vectors: np.ndarray, probe_vectors: np.ndarray,
+                  labels: np.ndarray) -> dict:
+    """Type I (against the probe's own vector) and type II (the person's other photos)."""
+    rows, columns = _other_photo_pairs(labels)
+    return {"type1": np.sum(attack_vectors * probe_vectors, axis=1),
+            "type2": np.sum(attack_vectors[rows] * probe_vectors[columns], axis=1),
+            "type1_groups": labels, "type2_groups": labels[rows]}
+
+
+def attack_summary(scores: dict, probe_vectors: np.ndarray, labels: np.ndarray,
+                   attack_vectors: np.ndarray, thresholds: dict, seed: int = 0) -> dict:
+    """SAR I/II with 95 % CIs at each threshold, cosines and verification accuracy."""
+    summary = {"mean_cosine": float(scores["type1"].mean()),
+               "median_cosine": float(np.median(scores["type1"])),
+               "type2_mean_cosine": float(scores["type2"].mean()),
+               "type1_pairs": int(scores["type1"].size),
+               "type2_pairs": int(scores["type2"].size), "sar": {}}
+    for fmr, threshold in thresholds.items():
+        summary["sar"][f"{fmr:g}"] = {
+            kind: metrics.sar_with_ci(scores[kind], threshold,
+                                      groups=scores[f"{kind}_groups"], seed=seed)
+            for kind in ("type1", "type2")}
+    # Pairs with their first photo replaced by the attack: genuine = the person's other
+    # photos, impostor = every photo of every other probe identity.
+    cross = attack_vectors @ probe_vectors.T
+    different = labels[:, None] != labels[None, :]
+    summary["verification"] = metrics.verification_accuracy(scores["type2"], cross[different],
+                                                            seed=seed)
+    return summary
+
+
+def _embed(engine, images: np.ndarray, progress: bool, what: str) -> np.ndarray:
+    from tqdm import tqdm
+
+    batches = range(0, len(images), _BATCH)
+    return np.concatenate([engine.embed(images[start:start + _BATCH])
+                           for start in tqdm(batches, desc=what, disable=not progress,
+                                             unit="batch")])
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    if images.shape[1] == size:
+        return images
+    return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(images, [size, size],
+                                                              antialias=True)), 0, 255),
+                   tf.uint8).numpy()
+
+
+def _load(data: str, engine_spec: str, engine_name: str, crop: CropSpec,
+          cache_dir: pathlib.Path, workers: int, progress: bool) -> pipeline.Faces:
+    stats = prepare.prepare(data, engine_spec, cache_dir, crop=crop, workers=workers,
+                            progress=progress)
+    logging.info("prepared %s for %s: %s", data, engine_spec, stats)
+    return pipeline.load_faces(cache_dir, engine_name, crop)
+
+
+def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
+             engine_spec: str | None = None, target_engine: str | None = None,
+             cache_dir: str | os.PathLike | None = None, workers: int = 2,
+             max_probe_identities: int = 0, fid: bool = False,
+             detectors: tuple[str, ...] = ("dlib", "mtcnn"), seed: int = 0,
+             progress: bool = True) -> dict:
+    """Runs the protocol on ``data`` and writes the report into ``out_dir``.
+
+    Args:
+      model: an exported SavedModel (a version folder or a model base: the latest version).
+      data: photos (a folder ``<identity>/<image>``, or ``tfds:lfw``...).
+      out_dir: where the report goes.
+      engine_spec: the engine (default, and it must match: the model's, from vec2face.json).
+      target_engine: another engine to score the same reconstructions with (transfer).
+      cache_dir: the embedding cache (default ``<out_dir>/cache``); reruns reuse it.
+      workers: processes that align and embed.
+      max_probe_identities: evaluate at most this many probe identities (0: all).
+      fid: also compute FID/KID with ImageNet InceptionV3 (downloads its weights once).
+      detectors: face detectors for the detection-rate realism score.
+      seed: the seed of the random baseline, the bootstrap and the folds.
+
+    Returns:
+      The report (as written to ``report.json``).
+    """
+    from vec2face_tf.export import savedmodel
+
+    started = time.perf_counter()
+    model_path = savedmodel.resolve_version_dir(model)
+    metadata = savedmodel.read_metadata(model_path)
+    if engine_spec and engine_spec != metadata["engine"]:
+        # Checked before loading: a wrong engine can be slow to start, or not load at all.
+        raise EvaluationError(f"the model inverts {metadata['engine']} vectors, not "
+                              f"{engine_spec}; use --engine={metadata['engine']}")
+    engine_spec = engine_spec or metadata["engine"]
+    out_path = pathlib.Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
+    cache = pathlib.Path(cache_dir) if cache_dir else out_path / "cache"
+    crop = CropSpec(**metadata["crop"])
+    engine = get_engine(engine_spec)
+    try:
+        if engine.name != metadata["engine"]:
+            raise EvaluationError(f"the model inverts {metadata['engine']} vectors, not "
+                                  f"{engine.name}; use --engine={metadata['engine']}")
+        faces = _load(data, engine_spec, engine.name, crop, cache, workers, progress)
+        sets = split_faces(faces, metadata.get("train_identities"), max_probe_identities,
+                           seed)
+        report, images, vectors, nn_index = _score_engine(
+            engine, sets, SavedModelGenerator(model_path), metadata, seed, progress)
+        report["realism"] = _realism(images, sets.probes, vectors, detectors, fid)
+    finally:
+        engine.close()
+    if target_engine:
+        report["transfer"] = _transfer(target_engine, data, crop, cache, workers, sets,
+                                       images, seed, progress)
+    report.update({"model": str(model_path), "data": str(data), "split": sets.split,
+                   "seconds": time.perf_counter() - started})
+    (out_path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_path / "report.md").write_text(markdown_report(report))
+    _write_grid(out_path / "grid.png", sets, images, vectors, nn_index, report)
+    _write_score_plot(out_path / "scores.png", report)
+    return report
+
+
+def _score_engine(engine, sets: EvaluationSets, generator, metadata: dict, seed: int,
+                  progress: bool):
+    genuine, impostor = metrics.pair_scores(sets.everyone.embeddings, sets.everyone.labels)
+    thresholds = metrics.thresholds_at_fmrs(impostor)
+    if not thresholds:
+        raise EvaluationError(f"{len(impostor)} impostor pairs support no FMR threshold: "
+                              "evaluate on more photos")
+    probes = sets.probes
+    images = generator(probes.embeddings)
+    size = metadata["height"]
+    vectors = _embed(engine, images, progress, "embed reconstructions")
+    nn_index, _ = metrics.nearest_neighbour_scores(probes.embeddings, sets.gallery.embeddings)
+    random_index = np.random.default_rng(seed).integers(0, len(sets.gallery), len(probes))
+    attack_vectors = {"reconstruction": vectors,
+                      "nearest_neighbour": sets.gallery.embeddings[nn_index],
+                      "random_training_face": sets.gallery.embeddings[random_index],
+                      "real_photos": probes.embeddings}
+    scores = {name: attack_scores(value, probes.embeddings, probes.labels)
+              for name, value in attack_vectors.items()}
+    report = {
+        "engine": engine.name, "image_size": size,
+        "thresholds": thresholds_as_json(thresholds),
+        "threshold_faces": len(sets.everyone), "genuine_pairs": int(genuine.size),
+        "probes": len(probes), "probe_identities": probes.num_identities,
+        "gallery": len(sets.gallery), "gallery_identities": sets.gallery.num_identities,
+        "attacks": {name: attack_summary(scores[name], probes.embeddings, probes.labels,
+                                         attack_vectors[name], thresholds, seed)
+                    for name in ATTACKS},
+        "score_samples": _score_samples(scores, impostor, seed),
+    }
+    return report, images, vectors, nn_index
+
+
+def _score_samples(scores: dict, impostor: np.ndarray, seed: int, count: int = 20000) -> dict:
+    """A seeded sample of each score distribution, for the plot (not the statistics)."""
+    rng = np.random.default_rng(seed)
+
+    def sample(values):
+        values = np.asarray(values)
+        picked = values if len(values) <= count else rng.choice(values, count, replace=False)
+        return np.round(picked.astype(float), 5).tolist()
+
+    return {"impostor": sample(impostor), "genuine": sample(scores["real_photos"]["type2"]),
+            "reconstruction_type1": sample(scores["reconstruction"]["type1"]),
+            "reconstruction_type2": sample(scores["reconstruction"]["type2"]),
+            "nearest_neighbour_type1": sample(scores["nearest_neighbour"]["type1"])}
+
+
+def _realism(images: np.ndarray, probes: pipeline.Faces, vectors: np.ndarray,
+             detectors: tuple[str, ...], fid: bool) -> dict:
+    real = _resize(probes.crops, images.shape[1])
+    result = {"engine_frechet_distance": realism.engine_frechet_distance(vectors,
+                                                                         probes.embeddings),
+              "detection": {}}
+    for detector in detectors:
+        result["detection"][detector] = {
+            "reconstructions": realism.face_detection_rate(images, detector),
+            "real_photos": realism.face_detection_rate(real, detector)}
+    if fid:
+        result["inception"] = realism.inception_distances(images, real)
+    return result
+
+
+def _transfer(target_spec: str, data: str, crop: CropSpec, cache: pathlib.Path, workers: int,
+              sets: EvaluationSets, images: np.ndarray, seed: int, progress: bool) -> dict:
+    """The same reconstructions scored by another engine, at that engine's thresholds."""
+    target = get_engine(target_spec)
+    try:
+        faces = _load(data, target_spec, target.name, crop, cache, workers, progress)
+        _, impostor = metrics.pair_scores(faces.embeddings, faces.labels)
+        thresholds = metrics.thresholds_at_fmrs(impostor)
+        row_of_hash = {value: row for row, value in enumerate(faces.hashes)}
+        rows = [row_of_hash.get(value) for value in sets.probes.hashes]
+        kept = np.array([row is not None for row in rows])
+        probe_vectors = faces.embeddings[[row for row in rows if row is not None]]
+        labels = sets.probes.labels[kept]
+        vectors = _embed(target, images[kept], progress, f"embed with {target.name}")
+        scores = attack_scores(vectors, probe_vectors, labels)
+        return {"engine": target.name, "thresholds": thresholds_as_json(thresholds),
+                "probes_scored": int(kept.sum()),
+                "probes_missing_for_target": int((~kept).sum()),
+                "reconstruction": attack_summary(scores, probe_vectors, labels, vectors,
+                                                 thresholds, seed)}
+    finally:
+        target.close()
+
+
+def _percent(sar: dict) -> str:
+    return f"{100 * sar['rate']:.1f} % [{100 * sar['low']:.1f}, {100 * sar['high']:.1f}]"
+
+
+def _attack_table(attacks: dict, fmrs: list[str]) -> list[str]:
+    header = ["attack", "mean cos", "median cos"]
+    for fmr in fmrs:
+        header += [f"SAR I @{fmr}", f"SAR II @{fmr}"]
+    header.append("verif. acc.")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, attack in attacks.items():
+        cells = [name.replace("_", " "), f"{attack['mean_cosine']:.3f}",
+                 f"{attack['median_cosine']:.3f}"]
+        for fmr in fmrs:
+            cells += [_percent(attack["sar"][fmr]["type1"]), _percent(attack["sar"][fmr]["type2"])]
+        verification = attack["verification"]
+        cells.append(f"{100 * verification['mean']:.1f} ± {100 * verification['std']:.1f} %")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_report(report: dict) -> str:
+    """``report.md``: the tables of ``report.json``."""
+    fmrs = list(report["thresholds"])
+    lines = [f"# vec2face evaluation: {report['model']}", "",
+             f"Engine `{report['engine']}` on `{report['data']}`: {report['probes']} probe "
+             f"photos of {report['probe_identities']} identities; gallery {report['gallery']} "
+             f"photos of {report['gallery_identities']} identities ({report['split']}).", "",
+             "## Thresholds", "", "| FMR | cosine | impostor pairs | false matches |",
+             "| --- | --- | --- | --- |"]
+    for fmr, threshold in report["thresholds"].items():
+        lines.append(f"| {fmr} | {threshold['cosine']:.4f} | {threshold['impostor_pairs']:,} "
+                     f"| {threshold['false_matches']:,} |")
+    lines += ["", "## Attacks", "",
+              "SAR with bootstrap 95 % intervals (whole identities resampled). Real photos: "
+              "type I is the photo against itself; type II is the engine's genuine pairs.", ""]
+    lines += _attack_table(report["attacks"], fmrs)
+    if "transfer" in report:
+        transfer = report["transfer"]
+        lines += ["", f"## Transfer to `{transfer['engine']}`", "",
+                  f"{transfer['probes_scored']} probes; thresholds of `{transfer['engine']}` "
+                  "on the same photos.", ""]
+        lines += _attack_table({"reconstruction": transfer["reconstruction"]},
+                               list(transfer["thresholds"]))
+    realism_report = report["realism"]
+    lines += ["", "## Realism", "",
+              f"Engine-vector Fréchet distance, reconstructions vs real probe photos: "
+              f"{realism_report['engine_frechet_distance']:.4f}", "",
+              "| detector | reconstructions | real photos |", "| --- | --- | --- |"]
+    for detector, rates in realism_report["detection"].items():
+        cells = []
+        for side in ("reconstructions", "real_photos"):
+            rate = rates[side]
+            cells.append(rate.get("unavailable") or
+                         f"{100 * rate['rate']:.1f} % (mean score {rate['mean_confidence']:.2f})")
+        lines.append(f"| {detector} | {cells[0]} | {cells[1]} |")
+    if "inception" in realism_report:
+        inception = realism_report["inception"]
+        lines += ["", f"FID {inception['fid']:.2f}, KID {inception['kid_mean']:.4f} ± "
+                      f"{inception['kid_std']:.4f} (Keras InceptionV3)"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_grid(path: pathlib.Path, sets: EvaluationSets, images: np.ndarray,
+                vectors: np.ndarray, nn_index: np.ndarray, report: dict, count: int = 8) -> None:
+    import tensorflow as tf
+
+    probes, gallery = sets.probes, sets.gallery
+    # One photo per identity, so the rows show different people.
+    _, first = np.unique(probes.labels, return_index=True)
+    rows = np.sort(first)[:count]
+    size = images.shape[1]
+    grid_rows = np.stack([_resize(probes.crops[rows], size), images[rows],
+                          _resize(gallery.crops[nn_index[rows]], size)], 1)
+    cosines = np.stack([np.ones(len(rows)),
+                        np.sum(vectors[rows] * probes.embeddings[rows], 1),
+                        np.sum(gallery.embeddings[nn_index[rows]] * probes.embeddings[rows], 1)],
+                       1)
+    threshold = report["thresholds"].get(f"{GRID_FMR:g}", {}).get("cosine")
+    grid = comparison_grid(grid_rows, cosines,
+                           ["real", "reconstruction", "nearest neighbour"], threshold)
+    tf.io.write_file(str(path), tf.io.encode_png(grid))
+
+
+def _write_score_plot(path: pathlib.Path, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    samples = report["score_samples"]
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    bins = np.linspace(min(min(v) for v in samples.values() if v), 1.0, 80)
+    styles = {"impostor": ("impostor pairs", "grey"), "genuine": ("genuine pairs", "tab:blue"),
+              "reconstruction_type1": ("reconstruction, type I", "tab:red"),
+              "reconstruction_type2": ("reconstruction, type II", "tab:orange"),
+              "nearest_neighbour_type1": ("nearest neighbour, type I", "tab:green")}
+    for key, (label, color) in styles.items():
+        if samples[key]:
+            axis.hist(samples[key], bins=bins, density=True, histtype="step", label=label,
+                      color=color, linewidth=1.3)
+    for fmr, threshold in report["thresholds"].items():
+        axis.axvline(threshold["cosine"], color="black", linestyle=":", linewidth=1)
+        axis.text(threshold["cosine"], axis.get_ylim()[1] * 0.95, f" FMR {fmr}", fontsize=7,
+                  rotation=90, va="top")
+    axis.set_xlabel(f"{report['engine']} cosine")
+    axis.set_ylabel("density")
+    axis.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
