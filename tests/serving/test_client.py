@@ -195,14 +195,14 @@ def test_an_unknown_model_is_not_found(server, transport):
 
 
 @pytest.mark.parametrize(("embedding", "message"), [
-    (np.ones((2, 3, D), np.float32), r"vector \[D\] or a batch \[N, D\], got shape \(2, 3, 128\)"),
-    (np.ones((0, D), np.float32), r"embedding is empty"),
-    (np.array([[1.0, np.inf] + [0.0] * (D - 2)]), r"rows \[0\] hold NaN or Inf"),
-    (np.full((1, D), 1e39), r"rows \[0\] hold NaN or Inf \(after float32"),
-    (np.vstack([np.ones(D), np.zeros(D)]), r"rows \[1\] are all zero"),
-    ([["a"] * D], r"must hold real numbers, got dtype <U1"),
+    (np.ones((2, 3, D), np.float32), r"float32\[batch, D\] or one vector, got shape \(2, 3, 128\)"),
+    (np.ones((0, D), np.float32), r"embedding batch is empty"),
+    (np.array([[1.0, np.inf] + [0.0] * (D - 2)]), r"NaN or Inf \(as float32\) in row\(s\) \[0\]"),
+    (np.full((1, D), 1e39), r"NaN or Inf \(as float32\) in row\(s\) \[0\]"),
+    (np.vstack([np.ones(D), np.zeros(D)]), r"all-zero row\(s\) \[1\]"),
+    ([["a"] * D], r"must be real numbers \(float32\), got dtype <U1"),
     ([[1.0] * D, [1.0]], r"rectangular array of numbers"),
-    (np.ones((1, D), np.complex64), r"must hold real numbers, got dtype complex64"),
+    (np.ones((1, D), np.complex64), r"must be real numbers \(float32\), got dtype complex64"),
 ])
 def test_bad_embeddings_fail_locally(embedding, message):
     # Nothing listens on this port: a check that let the input through would raise
@@ -216,7 +216,8 @@ def test_bad_noise_and_options_fail_locally():
     client = ServingClient("smoke", "127.0.0.1", rest_port=_unused_port(), timeout=5)
     with pytest.raises(ValueError, match="noise has 1 rows but embedding has 2"):
         client.sample(_rows(2), _rows(1, Z))
-    with pytest.raises(ValueError, match=r"noise rows \[0\] hold NaN"):
+    with pytest.raises(ValueError, match=r"noise contains NaN or Inf \(as float32\) in "
+                                         r"row\(s\) \[0\]"):
         client.sample(_rows(1), np.full((1, Z), np.nan))
     with pytest.raises(ServingError, match="cannot reach TF Serving") as unreachable:
         client.reconstruct(_rows(1))

@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from vec2face_tf.export import savedmodel
+from vec2face_tf.export.inputs import check_embeddings
 
 MIN_OPSET = 17
 ONNX_FILE = "generator.onnx"
@@ -252,22 +253,5 @@ class OnnxGenerator:
           ValueError: for a wrong rank or D, an empty batch, a non-numeric array, NaN/Inf,
             or an all-zero row.
         """
-        values = np.asarray(embedding)
-        if values.dtype.kind not in "fiu":
-            raise ValueError(f"embedding must be real numbers, got dtype {values.dtype}")
-        if values.ndim != 2 or values.shape[1] != self.dim:
-            raise ValueError(f"embedding must be float32[batch, {self.dim}] (engine dimension "
-                             f"D={self.dim}); got shape {values.shape}")
-        if values.shape[0] == 0:
-            raise ValueError("embedding batch is empty: send at least one row")
-        with np.errstate(over="ignore"):  # a float64 beyond float32 range is reported next
-            values = values.astype(np.float32)
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            raise ValueError(f"embedding contains NaN or Inf in rows {np.flatnonzero(~finite)}; "
-                             "pass the engine's raw feature vectors")
-        zero = ~values.any(axis=1)
-        if zero.any():
-            raise ValueError(f"embedding has all-zero rows {np.flatnonzero(zero)}, which have "
-                             "no direction to invert")
+        values = check_embeddings(embedding, self.dim)
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: values})[0]

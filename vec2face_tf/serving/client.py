@@ -25,6 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vec2face_tf.export.inputs import check_embeddings
+
 # The exported generator's contract (DESIGN §3, vec2face_tf.export.savedmodel), repeated here so
 # that a REST client does not import TensorFlow and Keras.
 SERVING_SIGNATURE = "serving_default"
@@ -49,38 +51,6 @@ class ServingError(RuntimeError):
         super().__init__(message)
         self.code = code
         self.server_message = server_message
-
-
-def checked_rows(values, name: str, nonzero_rows: bool = False) -> np.ndarray:
-    """``values`` as float32[batch, columns]; a single vector becomes a batch of one.
-
-    Raises:
-      ValueError: for anything but a non-empty finite real matrix (or vector), or, with
-        ``nonzero_rows``, a row of zeros.
-    """
-    try:
-        array = np.asarray(values)
-    except ValueError as error:  # ragged nested lists
-        raise ValueError(f"{name} must be a rectangular array of numbers: {error}") from None
-    if array.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    if array.ndim == 1:
-        array = array[np.newaxis]
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a vector [D] or a batch [N, D], got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty (shape {array.shape}): send at least one row")
-    with np.errstate(over="ignore"):  # an overflow to Inf is reported just below
-        array = array.astype(np.float32)
-    bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
-    if bad_rows.size:
-        raise ValueError(f"{name} rows {bad_rows[:10].tolist()} hold NaN or Inf (after float32 "
-                         "conversion)")
-    zero_rows = np.flatnonzero(~array.any(axis=1))
-    if nonzero_rows and zero_rows.size:
-        raise ValueError(f"{name} rows {zero_rows[:10].tolist()} are all zero: such a vector has "
-                         "no direction to invert")
-    return array
 
 
 class ServingClient:
@@ -130,7 +100,7 @@ class ServingClient:
         Returns:
           uint8[N, H, W, 3] RGB aligned crops.
         """
-        embedding = checked_rows(embedding, EMBEDDING_INPUT, nonzero_rows=True)
+        embedding = check_embeddings(embedding, name=EMBEDDING_INPUT, allow_single=True)
         outputs = self.predict({EMBEDDING_INPUT: embedding}, SERVING_SIGNATURE)
         return self._images(outputs, len(embedding))
 
@@ -141,8 +111,9 @@ class ServingClient:
         Returns:
           uint8[N, H, W, 3] RGB aligned crops.
         """
-        embedding = checked_rows(embedding, EMBEDDING_INPUT, nonzero_rows=True)
-        noise = checked_rows(noise, NOISE_INPUT)
+        embedding = check_embeddings(embedding, name=EMBEDDING_INPUT, allow_single=True)
+        noise = check_embeddings(noise, name=NOISE_INPUT, allow_single=True,
+                                 nonzero_rows=False)
         if len(noise) != len(embedding):
             raise ValueError(f"noise has {len(noise)} rows but embedding has {len(embedding)}: "
                              "give one noise row per embedding")

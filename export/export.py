@@ -1,0 +1,20 @@
+r"""Exports a training run's generator: every format (--format picks some).
+
+  vec2face-export --model_dir=runs/dlib64 --export_base=exports --model_name=vec2face --format=all
+
+Layout, signatures and the TF Serving command: README "Deploy" and vec2face_tf/export/.
+"""
+
+from absl import app
+
+from vec2face_tf.export import cli
+
+FLAGS = cli.define_flags(fixed_format=None)
+
+
+def run():
+    app.run(lambda argv: cli.main(argv, FLAGS, fixed_format=None))
+
+
+if __name__ == "__main__":
+    run()
