@@ -122,6 +122,7 @@ def comparison_grid(rows: np.ndarray, cosines: np.ndarray, titles: list[str],
                                 color="green" if passed else "black")
     figure.tight_layout(pad=0.3)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    # "tight" keeps the titles and score labels of short grids inside the picture.
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", pad_inches=0.05)
     plt.close(figure)
     return tf.io.decode_png(buffer.getvalue(), channels=3).numpy()

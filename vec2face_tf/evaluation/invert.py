@@ -1,0 +1,602 @@
+"""Inverts one face template with an exported generator and shows the face (``vec2face-invert``).
+
+The input is either a photo, which is decoded, aligned to the model's crop and embedded by the
+model's engine, or a raw template vector (``.npy`` / ``.json``). The exported SavedModel's
+``serving_default`` signature turns the template into a face; the same engine embeds that face
+again, and its cosine with the input template is compared with the engine's threshold at
+FMR 1e-3, measured on real faces and shipped in the model's ``vec2face.json``.
+
+Files written into the output folder:
+
+- ``reconstruction.png``: the generator's H x W face (noise 0);
+- ``side_by_side.png``: [aligned input | reconstruction] (or the reconstruction alone for a
+  vector), with the cosine and pass/fail at FMR 1e-3;
+- ``result.json``: what ``invert`` returns;
+- ``template.json``: the template that was inverted (for a photo, its engine vector), in the
+  form ``--vector`` reads;
+- with ``samples`` > 0: ``sample_<i>.png`` (the ``sample`` signature at seeded standard-normal
+  noise) and ``samples.png``, all of them in a row next to the noise-0 reconstruction.
+
+Files left by an earlier run into the same folder are not removed; ``result.json`` lists the
+files of this run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from vec2face_tf.evaluation.reconstruction import comparison_grid
+from vec2face_tf.export.inputs import check_embeddings
+
+FMR = 1e-3
+FMR_KEY = f"{FMR:g}"  # how vec2face_tf.evaluation.thresholds keys its FMRs
+FMR_TEXT = "1e-3"
+SKIMAGE_PREFIX = "skimage:"
+VECTOR_SUFFIXES = (".npy", ".json")
+# One row of samples stays readable up to this many; more would need a second grid layout.
+MAX_SAMPLES = 16
+# Panels are resized to one size so that the aligned crop (150 px by default) and the
+# generator's H x W face stack into one grid.
+PANEL_SIZE = 256
+# What an engine may raise when it cannot load or run (EngineError is a RuntimeError).
+_ENGINE_FAILURES = (ImportError, OSError, RuntimeError, ValueError)
+REQUIRED_METADATA = ("engine", "embedding_dim", "height", "width", "noise_dim", "crop")
+# Functions of skimage.data that are not images, or that download every dataset.
+_SKIMAGE_NOT_IMAGES = ("download_all", "file_hash", "lbp_frontal_face_cascade_filename",
+                       "data_dir")
+
+RECONSTRUCTION_FILE = "reconstruction.png"
+SIDE_BY_SIDE_FILE = "side_by_side.png"
+SAMPLES_FILE = "samples.png"
+RESULT_FILE = "result.json"
+TEMPLATE_FILE = "template.json"
+
+
+class InvertError(ValueError):
+    """An inversion that cannot run: a bad model, photo or vector, or a photo with no face."""
+
+
+def resolve_model(model: str | os.PathLike | None) -> tuple[pathlib.Path, dict]:
+    """The SavedModel folder and its ``vec2face.json`` for ``--model``.
+
+    Args:
+      model: a version folder, a model base (its latest version is used), or None for the
+        bundled demo model.
+
+    Raises:
+      InvertError: when there is no such export, or its metadata lacks what inverting needs.
+    """
+    from vec2face_tf.export import savedmodel
+
+    if model is None:
+        from vec2face_tf import demo
+
+        try:
+            model = demo.model_dir()
+        except FileNotFoundError as error:
+            raise InvertError(str(error)) from None
+    try:
+        version_dir = savedmodel.resolve_version_dir(model)
+        metadata = savedmodel.read_metadata(version_dir)
+    except savedmodel.ExportError as error:
+        raise InvertError(str(error)) from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise InvertError(f"cannot read the metadata of {model}: {error}") from None
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise InvertError(f"{version_dir}'s {savedmodel.METADATA_FILE} lacks {missing}; "
+                          "re-export the model with this version of vec2face_tf")
+    return version_dir, metadata
+
+
+def load_vector(path: str | os.PathLike, metadata: dict) -> np.ndarray:
+    """One raw template vector from a ``.npy`` or ``.json`` file, checked against the model.
+
+    Args:
+      path: ``.npy`` holding float[D] or float[1, D]; or ``.json`` holding a list of D numbers
+        or ``{"embedding": [...], "engine": "<engine name>"}``.
+      metadata: the model's ``vec2face.json``.
+
+    Returns:
+      float32[D], as given (not normalised).
+
+    Raises:
+      InvertError: for a missing or unreadable file, another engine's vector, a wrong size,
+        several rows, NaN/Inf or an all-zero vector.
+    """
+    path = pathlib.Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VECTOR_SUFFIXES:
+        raise InvertError(f"vector file {path} must end in .npy or .json, not "
+                          f"{suffix or 'no extension'!r}")
+    if not path.exists():
+        raise InvertError(f"vector file {path} does not exist")
+    if not path.is_file():
+        raise InvertError(f"vector file {path} is not a file")
+    if suffix == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            raise InvertError(f"cannot read {path} as a .npy array: {error}") from None
+        if not isinstance(values, np.ndarray):
+            raise InvertError(f"{path} is an .npz archive, not a single .npy array")
+        if values.dtype == np.bool_ or not (np.issubdtype(values.dtype, np.floating)
+                                            or np.issubdtype(values.dtype, np.integer)):
+            raise InvertError(f"{path} must hold real numbers, got dtype {values.dtype}")
+    else:
+        values, engine = _read_json_vector(path)
+        if engine is not None and engine != metadata["engine"]:
+            raise InvertError(f"{path} holds a vector of engine {engine!r}, but this model "
+                              f"inverts {metadata['engine']!r} vectors")
+    return check_vector(values, metadata, str(path))
+
+
+def _read_json_vector(path: pathlib.Path) -> tuple[np.ndarray, str | None]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvertError(f"cannot read {path} as JSON: {error}") from None
+    engine = None
+    if isinstance(document, dict):
+        if "embedding" not in document:
+            raise InvertError(f"{path} must be a list of numbers or an object with an "
+                              f"\"embedding\" list; its keys are {sorted(document)}")
+        engine = document.get("engine")
+        if engine is not None and not isinstance(engine, str):
+            raise InvertError(f"{path}: \"engine\" must be an engine name, got {engine!r}")
+        document = document["embedding"]
+    if not isinstance(document, list):
+        raise InvertError(f"{path}: the embedding must be a JSON list of numbers, got "
+                          f"{type(document).__name__}")
+    rows = document if document and all(isinstance(v, list) for v in document) else [document]
+    for row in rows:
+        for value in row:
+            # bool is an int subclass: true/false would silently become 1/0.
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvertError(f"{path}: the embedding must hold only numbers, found "
+                                  f"{value!r}")
+    try:
+        return np.asarray(document, dtype=np.float64), engine
+    except (ValueError, OverflowError) as error:
+        raise InvertError(f"{path}: the embedding rows have different lengths ({error})") \
+            from None
+
+
+def check_vector(values: np.ndarray, metadata: dict, source: str = "vector") -> np.ndarray:
+    """``values`` as float32[D] after the checks the SavedModel would fail less clearly.
+
+    Raises:
+      InvertError: for a wrong shape or size, several rows, NaN/Inf or an all-zero vector.
+    """
+    values = np.asarray(values)
+    dim, engine = int(metadata["embedding_dim"]), metadata["engine"]
+    if values.ndim == 2:
+        if values.shape[0] != 1:
+            raise InvertError(f"{source} holds {values.shape[0]} vectors; invert one template "
+                              f"at a time (a [{dim}] or [1, {dim}] vector)")
+        values = values[0]
+    elif values.ndim != 1:
+        raise InvertError(f"{source} must be a [{dim}] or [1, {dim}] vector, got shape "
+                          f"{values.shape}")
+    if values.size != dim:
+        raise InvertError(f"vector has {values.size} values but this model inverts {engine} "
+                          f"vectors of D={dim}")
+    try:
+        return check_embeddings(values[np.newaxis], dim, name=source)[0]
+    except ValueError as error:
+        raise InvertError(str(error)) from None
+
+
+def load_photo(spec: str | os.PathLike) -> np.ndarray:
+    """uint8[H, W, 3] RGB pixels of a photo file, or of ``skimage:<name>``.
+
+    Raises:
+      InvertError: for a missing, unreadable or corrupt file, or an unknown sample name.
+    """
+    spec = str(spec)
+    if spec.startswith(SKIMAGE_PREFIX):
+        return _skimage_photo(spec[len(SKIMAGE_PREFIX):])
+    from vec2face_tf.data.sources import EMPTY_FILE, NOT_AN_IMAGE, decode_image
+
+    path = pathlib.Path(spec)
+    if not path.exists():
+        raise InvertError(f"photo {path} does not exist")
+    if not path.is_file():
+        raise InvertError(f"photo {path} is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InvertError(f"cannot read photo {path}: {error}") from None
+    decoded = decode_image(data)
+    if decoded.rgb is None:
+        # PIL's own message for an unknown format names a BytesIO object, not the file.
+        why = {NOT_AN_IMAGE: "not an image format that Pillow reads",
+               EMPTY_FILE: "the file is empty"}.get(decoded.reason,
+                                                    f"{decoded.reason}: {decoded.detail}")
+        raise InvertError(f"cannot decode photo {path}: {why}")
+    return decoded.rgb
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data
+    import skimage.util
+
+    function = getattr(skimage.data, name, None)
+    takes_no_arguments = callable(function) and not any(
+        parameter.default is inspect.Parameter.empty
+        and parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+        for parameter in inspect.signature(function).parameters.values())
+    if (name not in skimage.data.__all__ or name in _SKIMAGE_NOT_IMAGES
+            or not takes_no_arguments):
+        raise InvertError(f"{SKIMAGE_PREFIX}{name} is not a scikit-image sample image; the one "
+                          f"with a face is {SKIMAGE_PREFIX}astronaut")
+    try:
+        image = function()
+    except Exception as error:  # noqa: BLE001 - some samples download and fail offline
+        raise InvertError(f"cannot load {SKIMAGE_PREFIX}{name}: {error}") from None
+    if not isinstance(image, np.ndarray) or not (
+            image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))):
+        raise InvertError(f"{SKIMAGE_PREFIX}{name} is not a 2-D grey or colour image")
+    image = skimage.util.img_as_ubyte(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def align_photo(photo: np.ndarray, metadata: dict, source: str) -> tuple[np.ndarray, int]:
+    """The aligned crop of the largest face in ``photo`` and how many faces were found.
+
+    Raises:
+      InvertError: when no face is found, or the model's crop spec cannot be produced.
+    """
+    from vec2face_tf.config import CropSpec
+    from vec2face_tf.data.alignment import NO_FACE, FaceAligner
+    from vec2face_tf.engines import EngineError
+
+    try:
+        crop = CropSpec(**metadata["crop"])
+        aligner = FaceAligner(crop, multiple_faces="largest")
+        result = aligner.align(photo)
+    except (TypeError, ValueError, EngineError) as error:
+        raise InvertError(f"cannot align {source} to the model's crop {metadata['crop']}: "
+                          f"{error}") from None
+    if result.reason == NO_FACE:
+        raise InvertError(f"no face found in {source}")
+    return result.crop, result.num_faces
+
+
+def pass_fail(cosine: float | None, thresholds: dict | None) -> dict:
+    """The decision at FMR 1e-3 for ``cosine``, with the threshold and its support.
+
+    Args:
+      cosine: the engine cosine of input and reconstruction, or None when there is none.
+      thresholds: the ``thresholds`` entry of ``vec2face.json`` (None when the model was
+        exported without them).
+
+    Returns:
+      ``{"fmr", "threshold", "impostor_pairs", "false_matches", "threshold_source", "passes",
+      "decision_note"}``: ``passes`` is ``cosine > threshold``, or None with the reason in
+      ``decision_note``.
+    """
+    decision = {"fmr": FMR, "threshold": None, "impostor_pairs": None, "false_matches": None,
+                "threshold_source": None, "passes": None, "decision_note": None}
+    if thresholds is None:
+        decision["decision_note"] = (
+            "the model's vec2face.json carries no thresholds (it was exported without its "
+            "training run's embedding cache, where they are measured on real faces)")
+        return decision
+    at_fmr = thresholds.get("fmr", {}).get(FMR_KEY)
+    if at_fmr is None:
+        measured = sorted(thresholds.get("fmr", {}), key=float, reverse=True)
+        decision["decision_note"] = (
+            f"the model's thresholds have no entry at FMR {FMR_TEXT}: its {thresholds.get('faces')}"
+            f" faces give too few impostor pairs for it (measured FMRs: {measured})")
+        return decision
+    decision.update(threshold=float(at_fmr["cosine"]),
+                    impostor_pairs=int(at_fmr["impostor_pairs"]),
+                    false_matches=int(at_fmr["false_matches"]),
+                    threshold_source=thresholds.get("source"))
+    if cosine is None:
+        decision["decision_note"] = "there is no cosine to compare with the threshold"
+    else:
+        decision["passes"] = bool(cosine > decision["threshold"])
+    return decision
+
+
+def _load_engine(metadata: dict):
+    from vec2face_tf.engines import get_engine
+
+    engine = get_engine(metadata["engine"])
+    if engine.dim != int(metadata["embedding_dim"]):
+        engine.close()
+        raise InvertError(f"engine {metadata['engine']!r} gives D={engine.dim} vectors but the "
+                          f"model inverts D={metadata['embedding_dim']}")
+    return engine
+
+
+def _load_saved_model(version_dir: pathlib.Path):
+    import tensorflow as tf
+
+    from vec2face_tf.export import savedmodel
+
+    try:
+        loaded = tf.saved_model.load(str(version_dir))
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise InvertError(f"cannot load the SavedModel {version_dir}: {error}") from None
+    missing = [name for name in (savedmodel.SERVING_SIGNATURE, savedmodel.SAMPLE_SIGNATURE)
+               if name not in loaded.signatures]
+    if missing:
+        raise InvertError(f"{version_dir} lacks the signature(s) {missing}; it is not a "
+                          "vec2face_tf generator export")
+    return loaded
+
+
+def _generate(signature, metadata: dict, **inputs: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        images = signature(**{k: tf.constant(v) for k, v in inputs.items()})["image"].numpy()
+    except tf.errors.OpError as error:
+        raise InvertError(f"the model rejected its input: {error.message}") from None
+    expected = (len(inputs["embedding"]), int(metadata["height"]), int(metadata["width"]), 3)
+    if images.shape != expected or images.dtype != np.uint8:
+        raise InvertError(f"the model returned {images.dtype}{list(images.shape)}, but its "
+                          f"vec2face.json promises uint8{list(expected)}")
+    return images
+
+
+def _panel(image: np.ndarray, nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    # Nearest keeps the generator's own pixels visible; photos are resampled smoothly.
+    method = Image.NEAREST if nearest else Image.LANCZOS
+    return np.asarray(Image.fromarray(image).resize((PANEL_SIZE, PANEL_SIZE), method))
+
+
+def _write_png(path: pathlib.Path, image: np.ndarray) -> str:
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")
+    return str(path)
+
+
+def _score_text(cosine: float | None, decision: dict, separator: str = " ") -> str:
+    if cosine is None:
+        return "no score"
+    if decision["passes"] is None:
+        return f"cos {cosine:.3f}"
+    verdict = "PASS" if decision["passes"] else "FAIL"
+    return f"cos {cosine:.3f} {verdict}{separator}at FMR {FMR_TEXT}"
+
+
+def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
+           image: str | os.PathLike | None = None, vector: str | os.PathLike | None = None,
+           samples: int = 0, seed: int = 0) -> dict:
+    """Inverts one template with an exported generator and writes what it shows.
+
+    Args:
+      model: a SavedModel version folder, a model base (latest version), or None for the
+        bundled demo model.
+      out_dir: the output folder (created).
+      image: a photo path, or ``skimage:<name>`` for a scikit-image sample (``astronaut`` has a
+        face). Exactly one of ``image`` and ``vector``.
+      vector: a ``.npy`` / ``.json`` template of the model's engine (see ``load_vector``).
+      samples: how many faces to also draw from the ``sample`` signature (0 to
+        ``MAX_SAMPLES``).
+      seed: seed of the samples' standard-normal noise.
+
+    Returns:
+      The contents of ``result.json``: ``model``, ``engine``, ``embedding_dim``, ``height``,
+      ``width``, ``input`` (``kind``, ``path``, ``faces_found``, ``note``), ``cosine`` (None,
+      with ``score_note``, when the engine cannot score), the ``pass_fail`` fields, ``files``
+      and ``samples`` (``count``, ``seed``, ``cosines``, ``passes``; None without samples).
+
+    Raises:
+      InvertError: for bad arguments, a missing model, an unusable photo or vector, a photo
+        without a face, or an engine that cannot embed the photo.
+    """
+    if (image is None) == (vector is None):
+        raise InvertError("give exactly one of --image (a photo) and --vector (a template)")
+    if isinstance(samples, bool) or not isinstance(samples, int) or \
+            not 0 <= samples <= MAX_SAMPLES:
+        raise InvertError(f"samples must be an integer from 0 to {MAX_SAMPLES}, got {samples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvertError(f"seed must be a non-negative integer, got {seed!r}")
+    version_dir, metadata = resolve_model(model)
+    out_path = pathlib.Path(out_dir)
+    if out_path.exists() and not out_path.is_dir():
+        raise InvertError(f"--out {out_path} exists and is not a folder")
+
+    source = {"kind": "image" if image is not None else "vector",
+              "path": str(image if image is not None else vector),
+              "faces_found": None, "note": None}
+    engine, aligned = None, None
+    try:
+        if vector is not None:
+            template = load_vector(vector, metadata)
+        else:
+            template, aligned, engine = _photo_template(image, metadata, source)
+        reconstruction, sample_images = _run_generator(version_dir, metadata, template,
+                                                       samples, seed)
+        cosines, score_note = _score(engine, metadata, template, reconstruction, sample_images)
+    finally:
+        if engine is not None:
+            engine.close()
+
+    cosine = None if cosines is None else cosines[0]
+    decision = pass_fail(cosine, metadata.get("thresholds"))
+    out_path.mkdir(parents=True, exist_ok=True)
+    files = {"reconstruction": _write_png(out_path / RECONSTRUCTION_FILE, reconstruction[0]),
+             "side_by_side": _write_png(out_path / SIDE_BY_SIDE_FILE, _side_by_side(
+                 aligned, reconstruction[0], cosine, decision)),
+             "result": str(out_path / RESULT_FILE),
+             "template": str(out_path / TEMPLATE_FILE)}
+    (out_path / TEMPLATE_FILE).write_text(json.dumps(
+        {"embedding": template.tolist(), "engine": metadata["engine"], "source": source}) + "\n")
+    sample_report = None
+    if samples:
+        sample_cosines = None if cosines is None else cosines[1:]
+        files["sample_images"] = [_write_png(out_path / f"sample_{index + 1}.png", face)
+                                  for index, face in enumerate(sample_images)]
+        files["samples"] = _write_png(out_path / SAMPLES_FILE, _samples_row(
+            reconstruction[0], sample_images, cosine, sample_cosines, decision))
+        sample_passes = None
+        if sample_cosines is not None and decision["threshold"] is not None:
+            sample_passes = [c > decision["threshold"] for c in sample_cosines]
+        sample_report = {"count": samples, "seed": seed,
+                         "noise": f"standard normal [{samples}, {metadata['noise_dim']}]",
+                         "cosines": sample_cosines, "passes": sample_passes}
+    result = {"model": str(version_dir), "engine": metadata["engine"],
+              "embedding_dim": int(metadata["embedding_dim"]),
+              "height": int(metadata["height"]), "width": int(metadata["width"]),
+              "input": source, "cosine": cosine, "score_note": score_note, **decision,
+              "files": files, "samples": sample_report}
+    (out_path / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _photo_template(image: str | os.PathLike, metadata: dict, source: dict):
+    """The engine vector of the photo's aligned face, the crop, and the loaded engine.
+
+    Fills ``source["faces_found"]`` and, for several faces, ``source["note"]``.
+    """
+    photo = load_photo(image)
+    aligned, faces_found = align_photo(photo, metadata, source["path"])
+    source["faces_found"] = faces_found
+    if faces_found > 1:
+        source["note"] = f"{faces_found} faces found in {source['path']}; inverted the largest"
+    try:
+        engine = _load_engine(metadata)
+    except InvertError:
+        raise
+    except _ENGINE_FAILURES as error:
+        raise InvertError(f"the photo must be embedded by the model's engine "
+                          f"{metadata['engine']!r}, which could not be loaded: {error}") \
+            from None
+    try:
+        return engine.embed(aligned[None])[0], aligned, engine
+    except _ENGINE_FAILURES as error:
+        engine.close()
+        raise InvertError(f"engine {metadata['engine']!r} could not embed the aligned face: "
+                          f"{error}") from None
+
+
+def _run_generator(version_dir: pathlib.Path, metadata: dict, template: np.ndarray,
+                   samples: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8[1, H, W, 3] at noise 0 and uint8[samples, H, W, 3] at seeded noise (or None)."""
+    from vec2face_tf.export import savedmodel
+
+    loaded = _load_saved_model(version_dir)
+    reconstruction = _generate(loaded.signatures[savedmodel.SERVING_SIGNATURE], metadata,
+                               embedding=template[None])
+    if not samples:
+        return reconstruction, None
+    noise = np.random.default_rng(seed).standard_normal(
+        (samples, int(metadata["noise_dim"]))).astype(np.float32)
+    sample_images = _generate(loaded.signatures[savedmodel.SAMPLE_SIGNATURE], metadata,
+                              embedding=np.repeat(template[None], samples, axis=0),
+                              noise=noise)
+    return reconstruction, sample_images
+
+
+def _score(engine, metadata: dict, template: np.ndarray, reconstruction: np.ndarray,
+           sample_images: np.ndarray | None) -> tuple[list[float] | None, str | None]:
+    """Engine cosines of [reconstruction, *samples] with the template, or None and why not.
+
+    An engine that cannot be loaded (deepface weights offline, say) costs only the score:
+    the images are still worth writing.
+    """
+    if engine is None:
+        try:
+            engine = _load_engine(metadata)
+        except InvertError:
+            raise
+        except _ENGINE_FAILURES as error:
+            return None, (f"no cosine: the engine {metadata['engine']!r} could not be loaded "
+                          f"({type(error).__name__}: {error})")
+        owned = True
+    else:
+        owned = False
+    faces = reconstruction if sample_images is None else np.concatenate(
+        [reconstruction, sample_images])
+    unit = template.astype(np.float64) / np.linalg.norm(template.astype(np.float64))
+    try:
+        return [float(c) for c in engine.embed(faces) @ unit], None
+    except _ENGINE_FAILURES as error:
+        return None, (f"no cosine: the engine {metadata['engine']!r} could not embed the "
+                      f"reconstruction ({type(error).__name__}: {error})")
+    finally:
+        if owned:
+            engine.close()
+
+
+def _side_by_side(aligned: np.ndarray | None, reconstruction: np.ndarray,
+                  cosine: float | None, decision: dict) -> np.ndarray:
+    """[aligned input | reconstruction], or the reconstruction alone for a vector input."""
+    face = _panel(reconstruction, nearest=True)
+    if aligned is None:
+        # comparison_grid labels every column but the first, so a lone reconstruction
+        # carries its score in its title.
+        return comparison_grid(face[None, None], np.zeros((1, 1)),
+                       ["reconstruction\n" + _score_text(cosine, decision)], None)
+    if cosine is None:
+        title, threshold = "reconstruction\n(no score)", None
+    elif decision["threshold"] is None:
+        title, threshold = "reconstruction\n(no threshold)", None
+    else:
+        title, threshold = f"reconstruction\n(threshold at FMR {FMR_TEXT})", decision["threshold"]
+    return comparison_grid(np.stack([_panel(aligned, nearest=False), face])[None],
+                   np.array([[1.0, np.nan if cosine is None else cosine]]),
+                   ["input (aligned)", title], threshold)
+
+
+def _samples_row(reconstruction: np.ndarray, sample_images: np.ndarray, cosine: float | None,
+                 sample_cosines: list[float] | None, decision: dict) -> np.ndarray:
+    """[noise-0 reconstruction | sample 1 | ... | sample N] with each sample's score."""
+    faces = np.stack([_panel(face, nearest=True) for face in [reconstruction, *sample_images]])
+    scored = sample_cosines is not None
+    titles = ["noise 0\n" + _score_text(cosine, decision, separator="\n")]
+    titles += [f"sample {index + 1}" for index in range(len(sample_images))]
+    scores = sample_cosines if scored else [np.nan] * len(sample_images)
+    return comparison_grid(faces[None], np.array([[1.0, *scores]]), titles,
+                   decision["threshold"] if scored else None)
+
+
+def summary(result: dict) -> str:
+    """A few lines for the console: the files, the cosine and the decision at FMR 1e-3."""
+    files = result["files"]
+    lines = [f"model: {result['model']} (engine {result['engine']}, "
+             f"D={result['embedding_dim']})",
+             f"wrote into {pathlib.Path(files['result']).parent}: {RECONSTRUCTION_FILE} "
+             f"({result['height']}x{result['width']}), {SIDE_BY_SIDE_FILE}, {TEMPLATE_FILE}, "
+             f"{RESULT_FILE}"]
+    if result["input"]["note"]:
+        lines.append(f"note: {result['input']['note']}")
+    if result["cosine"] is None:
+        lines.append(result["score_note"] or "no cosine")
+    else:
+        lines.append(f"cosine (input vs reconstruction, {result['engine']}): "
+                     f"{result['cosine']:.4f}")
+    if result["passes"] is not None:
+        verdict = "PASS" if result["passes"] else "FAIL"
+        relation = ">" if result["passes"] else "<="
+        lines.append(f"{verdict} at FMR {FMR_TEXT}: {result['cosine']:.4f} {relation} threshold "
+                     f"{result['threshold']:.4f} (from {result['impostor_pairs']:,} impostor "
+                     "pairs)")
+    else:
+        lines.append(f"pass/fail at FMR {FMR_TEXT} cannot be decided: {result['decision_note']}")
+    sample_report = result["samples"]
+    if sample_report:
+        line = f"{sample_report['count']} samples (seed {sample_report['seed']}): " \
+               f"{SAMPLES_FILE}, sample_1.png to sample_{sample_report['count']}.png"
+        if sample_report["cosines"] is not None:
+            line += ", cosines " + " ".join(f"{c:.3f}" for c in sample_report["cosines"])
+        if sample_report["passes"] is not None:
+            line += f" ({sum(sample_report['passes'])}/{sample_report['count']} pass)"
+        lines.append(line)
+    return "\n".join(lines)
