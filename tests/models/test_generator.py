@@ -230,3 +230,17 @@ def test_converts_to_tflite_with_builtin_ops_only(generator, tmp_path):
     embedding, _ = _inputs(batch=2)
     np.testing.assert_allclose(runner(embedding=embedding)["image"],
                                generator(embedding).numpy(), atol=1e-4)
+
+
+def test_features_and_noise_weigh_alike_in_the_style_code():
+    """Unit features against N(0, 1) noise made the style code mostly noise (a collapsed G)."""
+    rng = np.random.default_rng(0)
+    generator = Generator(resolution=8, embedding_dim=128, noise_dim=64, base_channels=16,
+                          min_channels=8)
+    rows = rng.standard_normal((256, 128)).astype(np.float32)
+    noise = rng.standard_normal((256, 64)).astype(np.float32)
+    across_features = np.asarray(generator.style_code(
+        rows, np.repeat(noise[:1], 256, axis=0))).std(axis=0).mean()
+    across_noise = np.asarray(generator.style_code(
+        np.repeat(rows[:1], 256, axis=0), noise)).std(axis=0).mean()
+    assert 0.7 < across_features / across_noise < 3.0
