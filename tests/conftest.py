@@ -86,18 +86,18 @@ def smoke_run(tmp_path_factory) -> pathlib.Path:
 
     model_dir = tmp_path_factory.mktemp("smoke_run")
     config = config_lib.get_config("smoke")
+    keras.utils.set_random_seed(0)  # the same initial weights, so parity figures repeat
     parts = dibigan.build_parts(config, embedding_dim=128)
     g_optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=config.train.ema_momentum)
     weights = parts.generator.trainable_variables
-    rng = tf.random.Generator.from_seed(0)
-    # Untrained toRGB heads are zero (a flat grey image); perturbing every weight makes the
-    # output a real image. A first step with zero gradients moves no weight and sets the EMA
-    # to the weights; the second perturbation then separates live and EMA weights.
-    for variable in weights:
-        variable.assign(variable + 0.1 * rng.normal(variable.shape))
+    # A first step with zero gradients moves no weight and sets the EMA to the initial
+    # weights (a plain Keras-initialised G, as a run starts); perturbing the live weights by
+    # their own scale then separates live and EMA weights.
     g_optimizer.apply_gradients([(tf.zeros_like(v), v) for v in weights])
+    rng = tf.random.Generator.from_seed(0)
     for variable in weights:
-        variable.assign(variable + 0.05 * rng.normal(variable.shape))
+        scale = float(tf.math.reduce_std(variable)) or 0.05
+        variable.assign(variable + 0.5 * scale * rng.normal(variable.shape))
     checkpoint = dibigan.checkpoint_for(parts, g_optimizer=g_optimizer)
     tf.train.CheckpointManager(checkpoint, model_dir / "checkpoints", max_to_keep=1).save(1)
     (model_dir / "config.json").write_text(config.to_json())

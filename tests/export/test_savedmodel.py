@@ -205,3 +205,10 @@ def test_thresholds_come_from_the_runs_cache(smoke_run, real_faces_cache, real_f
         metrics.threshold_at_fmr(impostor, 1e-3).value)
     assert (thresholds["faces"], thresholds["identities"]) == (len(real_faces), 70)
     assert savedmodel.load_run(smoke_run)[1]["thresholds"] is None  # no cache, no thresholds
+
+
+def test_each_weight_is_saved_once(smoke_export, smoke_run):
+    generator, _ = savedmodel.load_run(smoke_run)
+    weight_bytes = 4 * generator.count_params()
+    data = sum(p.stat().st_size for p in (smoke_export.path / "variables").glob("*.data*"))
+    assert weight_bytes <= data < 1.05 * weight_bytes

@@ -193,6 +193,12 @@ def build_archive(generator: keras.Model) -> keras.export.ExportArchive:
     archive.add_endpoint(SAMPLE_SIGNATURE, sample, input_signature=[
         tf.TensorSpec([None, dim], tf.float32, name="embedding"),
         tf.TensorSpec([None, noise_dim], tf.float32, name="noise")])
+    # Keras 3.15 saves every weight twice: once as the Keras variables that track() lists and
+    # once as the tf.Variables the endpoints capture (`_all_variables`, what serving and the
+    # converters read). Dropping the Keras lists halves the SavedModel (cpu64: 27.8 -> 13.9 MB)
+    # and changes no output; test_savedmodel checks both.
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        setattr(archive._tf_trackable, name, [])
     return archive
 
 
