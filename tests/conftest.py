@@ -29,17 +29,39 @@ def faces_dev() -> pathlib.Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def real_faces_folder(faces_dev, tmp_path_factory) -> pathlib.Path:
-    """210 faces-dev photos (70 identities x 3), linked into ``<identity>/<photo>``."""
-    folder = tmp_path_factory.mktemp("real_faces")
+def link_identities(faces_dev: pathlib.Path, folder: pathlib.Path, every: int, count: int,
+                    photos: int) -> pathlib.Path:
+    """Links ``photos`` photos of every ``every``-th faces-dev identity that has that many,
+    ``count`` identities in all, into ``folder/<identity>/<photo>``."""
     identities = [d for d in sorted(faces_dev.iterdir())
-                  if d.is_dir() and len(list(d.glob("*.jpg"))) >= 3][::5][:70]
+                  if d.is_dir() and len(list(d.glob("*.jpg"))) >= photos][::every][:count]
     for identity in identities:
         (folder / identity.name).mkdir()
-        for photo in sorted(identity.glob("*.jpg"))[:3]:
+        for photo in sorted(identity.glob("*.jpg"))[:photos]:
             (folder / identity.name / photo.name).symlink_to(photo)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_faces(faces_dev, tmp_path_factory) -> pathlib.Path:
+    """16 faces-dev identities with 3 photos each (training tests)."""
+    return link_identities(faces_dev, tmp_path_factory.mktemp("small_faces"), 30, 16, 3)
+
+
+@pytest.fixture(scope="session")
+def real_faces_folder(faces_dev, tmp_path_factory) -> pathlib.Path:
+    """210 faces-dev photos (70 identities x 3) for export parity and evaluation tests."""
+    return link_identities(faces_dev, tmp_path_factory.mktemp("real_faces"), 5, 70, 3)
+
+
+@pytest.fixture(scope="session")
+def dlib():
+    """The dlib engine, shared by the tests that score images."""
+    from vec2face_tf.engines import get_engine
+
+    engine = get_engine("dlib")
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")

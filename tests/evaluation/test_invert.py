@@ -12,7 +12,6 @@ from PIL import Image
 
 from vec2face_tf import demo
 from vec2face_tf.data.alignment import FaceAligner
-from vec2face_tf.engines import get_engine
 from vec2face_tf.evaluation import invert
 from vec2face_tf.evaluation.invert import InvertError
 
@@ -51,13 +50,6 @@ def failing_model(smoke_export, tmp_path_factory):
     """No reconstruction passes: the threshold at FMR 1e-3 is 1."""
     return _export_copy(smoke_export, tmp_path_factory.mktemp("failing"),
                         thresholds=_thresholds(1.0))
-
-
-@pytest.fixture(scope="module")
-def dlib():
-    engine = get_engine("dlib")
-    yield engine
-    engine.close()
 
 
 @pytest.fixture(scope="module")

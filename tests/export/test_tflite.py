@@ -90,15 +90,6 @@ def embeddings(request):
 
 
 @pytest.fixture(scope="module")
-def dlib():
-    from vec2face_tf.engines import get_engine
-
-    engine = get_engine("dlib")
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
 def held_out_reference(loaded, real_split, dlib):
     """dlib vectors of the SavedModel's images of the held-out real vectors."""
     return dlib.embed(_serve(loaded, real_split[1]))
