@@ -268,6 +268,7 @@ def _score_engine(engine, sets: EvaluationSets, generator, metadata: dict, seed:
         "thresholds": thresholds_as_json(thresholds),
         "threshold_faces": len(sets.everyone), "genuine_pairs": int(genuine.size),
         "probes": len(probes), "probe_identities": probes.num_identities,
+        "probe_identity_names": probes.identity_names.tolist(),
         "gallery": len(sets.gallery), "gallery_identities": sets.gallery.num_identities,
         "attacks": {name: attack_summary(scores[name], probes.embeddings, probes.labels,
                                          attack_vectors[name], thresholds, seed)
