@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from vec2face_tf.data.pipeline import Faces
 from vec2face_tf.engines import get_engine
-from vec2face_tf.evaluation import metrics, suite
+from vec2face_tf.evaluation import metrics, reconstruction, suite
 
 
 def _faces(labels, names=None, dim=4, seed=0):
@@ -46,7 +46,7 @@ def test_no_probe_identity_is_a_clear_error():
 def test_attack_scores_golden():
     probe = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
     attack = np.array([[0.6, 0.8], [0, 1], [1, 0]], np.float32)
-    scores = suite.attack_scores(attack, probe, np.array([0, 1, 0]))
+    scores = reconstruction.attack_scores(attack, probe, np.array([0, 1, 0]))
     np.testing.assert_allclose(scores["type1"], [0.6, 1.0, 1.0])
     # Type II: probe 0 against photo 2 and probe 2 against photo 0 (identity 0's pair).
     np.testing.assert_allclose(scores["type2"], [0.6, 1.0])

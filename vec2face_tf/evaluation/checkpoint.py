@@ -12,7 +12,7 @@ from vec2face_tf import config as config_lib
 from vec2face_tf.data import pipeline
 from vec2face_tf.engines import get_engine
 from vec2face_tf.evaluation import reconstruction
-from vec2face_tf.evaluation.reconstruction import comparison_grid
+from vec2face_tf.evaluation.reconstruction import neighbour_grid
 from vec2face_tf.models import dibigan
 
 
@@ -46,15 +46,11 @@ def evaluate_run(model_dir: str | pathlib.Path, cache_dir: str | pathlib.Path,
     nn_index = report.pop("nearest_neighbour_index")
     report["checkpoint"] = tf.train.latest_checkpoint(str(model_path / "checkpoints"))
     (out_path / "report.json").write_text(json.dumps(report, indent=2))
-    count = min(8, len(probes))
-    rows = np.stack([probes.crops[:count], images[:count], gallery.crops[nn_index[:count]]], 1)
-    cosines = np.stack([np.ones(count),
-                        np.sum(vectors[:count] * probes.embeddings[:count], 1),
-                        np.sum(gallery.embeddings[nn_index[:count]]
-                               * probes.embeddings[:count], 1)], 1)
-    threshold = report["thresholds"].get("0.001", {}).get("cosine")
-    grid = comparison_grid(rows, cosines, ["real", "reconstruction", "nearest neighbour"],
-                           threshold)
+    rows = slice(0, 8)
+    grid = neighbour_grid(probes.crops[rows], images[rows], gallery.crops[nn_index[rows]],
+                          probes.embeddings[rows], vectors[rows],
+                          gallery.embeddings[nn_index[rows]],
+                          report["thresholds"].get("0.001", {}).get("cosine"))
     tf.io.write_file(str(out_path / "grid.png"), tf.io.encode_png(grid))
     engine.close()
     return report

@@ -543,7 +543,7 @@ def _side_by_side(aligned: np.ndarray | None, reconstruction: np.ndarray,
         # comparison_grid labels every column but the first, so a lone reconstruction
         # carries its score in its title.
         return comparison_grid(face[None, None], np.zeros((1, 1)),
-                       ["reconstruction\n" + _score_text(cosine, decision)], None)
+                               ["reconstruction\n" + _score_text(cosine, decision)], None)
     if cosine is None:
         title, threshold = "reconstruction\n(no score)", None
     elif decision["threshold"] is None:
@@ -551,8 +551,8 @@ def _side_by_side(aligned: np.ndarray | None, reconstruction: np.ndarray,
     else:
         title, threshold = f"reconstruction\n(threshold at FMR {FMR_TEXT})", decision["threshold"]
     return comparison_grid(np.stack([_panel(aligned, nearest=False), face])[None],
-                   np.array([[1.0, np.nan if cosine is None else cosine]]),
-                   ["input (aligned)", title], threshold)
+                           np.array([[1.0, np.nan if cosine is None else cosine]]),
+                           ["input (aligned)", title], threshold)
 
 
 def _samples_row(reconstruction: np.ndarray, sample_images: np.ndarray, cosine: float | None,
@@ -564,7 +564,7 @@ def _samples_row(reconstruction: np.ndarray, sample_images: np.ndarray, cosine: 
     titles += [f"sample {index + 1}" for index in range(len(sample_images))]
     scores = sample_cosines if scored else [np.nan] * len(sample_images)
     return comparison_grid(faces[None], np.array([[1.0, *scores]]), titles,
-                   decision["threshold"] if scored else None)
+                           decision["threshold"] if scored else None)
 
 
 def summary(result: dict) -> str:

@@ -62,7 +62,8 @@ def _validate_images(images, name: str = "images") -> np.ndarray:
     return images
 
 
-def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images resized to size x size (bilinear, antialiased), in chunks."""
     import tensorflow as tf
 
     if images.shape[1:3] == (size, size):
@@ -256,7 +257,7 @@ def face_detection_rate(images: np.ndarray, detector: str = "dlib",
     if detector == "mtcnn" and importlib.util.find_spec("mtcnn") is None:
         return {**unavailable, "unavailable": MTCNN_MISSING}
     if size is not None:
-        images = _resize_uint8(images, size)
+        images = resize_uint8(images, size)
     if detector == "dlib":
         best = _dlib_best_scores(images, upsample, adjust_threshold)
     else:

@@ -34,19 +34,27 @@ def reconstruct(generator, embeddings: np.ndarray, noise_dim: int,
     return np.concatenate(images)
 
 
-def _type2_scores(attack_vectors: np.ndarray, probes: Faces) -> np.ndarray:
-    """Scores of each attack vector against the probe identity's *other* photos."""
-    scores = attack_vectors @ probes.embeddings.T
-    same = probes.labels[:, None] == probes.labels[None, :]
+def attack_scores(attack_vectors: np.ndarray, probe_vectors: np.ndarray,
+                  labels: np.ndarray) -> dict:
+    """Type I (against the probe's own vector) and type II (the person's other photos) scores.
+
+    Returns:
+      ``type1`` float[N], ``type2`` float[pairs], and the identity of each score
+      (``type1_groups``, ``type2_groups``) for a bootstrap that resamples identities.
+    """
+    same = labels[:, None] == labels[None, :]
     np.fill_diagonal(same, False)
-    return scores[same]
+    rows, columns = np.nonzero(same)
+    return {"type1": np.sum(attack_vectors * probe_vectors, axis=1),
+            "type2": np.sum(attack_vectors[rows] * probe_vectors[columns], axis=1),
+            "type1_groups": labels, "type2_groups": labels[rows]}
 
 
 def attack_report(attack_vectors: np.ndarray, probes: Faces,
                   thresholds: dict[float, metrics.Threshold]) -> dict:
     """Mean cosine and SAR type I / II at each threshold for one attack."""
-    type1 = np.sum(attack_vectors * probes.embeddings, axis=1)
-    type2 = _type2_scores(attack_vectors, probes)
+    scores = attack_scores(attack_vectors, probes.embeddings, probes.labels)
+    type1, type2 = scores["type1"], scores["type2"]
     report = {"mean_cosine": float(type1.mean()), "median_cosine": float(np.median(type1)),
               "type1_pairs": int(type1.size), "type2_pairs": int(type2.size)}
     for fmr, threshold in thresholds.items():
@@ -54,6 +62,17 @@ def attack_report(attack_vectors: np.ndarray, probes: Faces,
         if type2.size:
             report[f"sar_type2@{fmr:g}"] = metrics.success_rate(type2, threshold)
     return report
+
+
+def embed_in_batches(engine: Engine, images: np.ndarray, batch_size: int = 64,
+                     progress: bool = False, what: str = "embed") -> np.ndarray:
+    """``engine.embed`` over ``images`` in batches (a tqdm bar with ``progress``)."""
+    from tqdm import tqdm
+
+    batches = range(0, len(images), batch_size)
+    return np.concatenate([engine.embed(images[start:start + batch_size])
+                           for start in tqdm(batches, desc=what, disable=not progress,
+                                             unit="batch")])
 
 
 def evaluate_reconstructions(generator, engine: Engine, probes: Faces, gallery: Faces,
@@ -77,8 +96,7 @@ def evaluate_reconstructions(generator, engine: Engine, probes: Faces, gallery: 
     _, impostor = metrics.pair_scores(threshold_faces.embeddings, threshold_faces.labels)
     thresholds = metrics.thresholds_at_fmrs(impostor)
     images = reconstruct(generator, probes.embeddings, noise_dim)
-    vectors = np.concatenate([engine.embed(images[start:start + 64])
-                              for start in range(0, len(images), 64)])
+    vectors = embed_in_batches(engine, images)
     nn_index, _ = metrics.nearest_neighbour_scores(probes.embeddings, gallery.embeddings)
     random_index = np.random.default_rng(seed).integers(0, len(gallery), len(probes))
     return {
@@ -126,3 +144,15 @@ def comparison_grid(rows: np.ndarray, cosines: np.ndarray, titles: list[str],
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", pad_inches=0.05)
     plt.close(figure)
     return tf.io.decode_png(buffer.getvalue(), channels=3).numpy()
+
+
+def neighbour_grid(real: np.ndarray, reconstructions: np.ndarray, neighbours: np.ndarray,
+                   real_vectors: np.ndarray, reconstruction_vectors: np.ndarray,
+                   neighbour_vectors: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Rows of [real | reconstruction | nearest neighbour], each attack's engine cosine with
+    the real photo's vector and pass/fail at ``threshold`` under it."""
+    cosines = np.stack([np.ones(len(real)),
+                        np.sum(reconstruction_vectors * real_vectors, 1),
+                        np.sum(neighbour_vectors * real_vectors, 1)], 1)
+    return comparison_grid(np.stack([real, reconstructions, neighbours], 1), cosines,
+                           ["real", "reconstruction", "nearest neighbour"], threshold)

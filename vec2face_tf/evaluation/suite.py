@@ -34,7 +34,7 @@ from vec2face_tf.config import CropSpec
 from vec2face_tf.data import pipeline, prepare
 from vec2face_tf.engines import get_engine
 from vec2face_tf.evaluation import metrics, realism
-from vec2face_tf.evaluation.reconstruction import comparison_grid
+from vec2face_tf.evaluation.reconstruction import attack_scores, embed_in_batches, neighbour_grid
 from vec2face_tf.evaluation.thresholds import thresholds_as_json
 
 ATTACKS = ("reconstruction", "nearest_neighbour", "random_training_face", "real_photos")
@@ -116,22 +116,6 @@ def split_faces(faces: pipeline.Faces, train_identities, max_probe_identities: i
                           pipeline.subset_identities(faces, gallery_ids), faces, split)
 
 
-def _other_photo_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) index pairs of different photos of the same probe identity."""
-    same = labels[:, None] == labels[None, :]
-    np.fill_diagonal(same, False)
-    return np.nonzero(same)
-
-
-def attack_scores(attack_vectors: np.ndarray, probe_vectors: np.ndarray,
-                  labels: np.ndarray) -> dict:
-    """Type I (against the probe's own vector) and type II (the person's other photos)."""
-    rows, columns = _other_photo_pairs(labels)
-    return {"type1": np.sum(attack_vectors * probe_vectors, axis=1),
-            "type2": np.sum(attack_vectors[rows] * probe_vectors[columns], axis=1),
-            "type1_groups": labels, "type2_groups": labels[rows]}
-
-
 def attack_summary(scores: dict, probe_vectors: np.ndarray, labels: np.ndarray,
                    attack_vectors: np.ndarray, thresholds: dict, seed: int = 0) -> dict:
     """SAR I/II with 95 % CIs at each threshold, cosines and verification accuracy."""
@@ -152,25 +136,6 @@ def attack_summary(scores: dict, probe_vectors: np.ndarray, labels: np.ndarray,
     summary["verification"] = metrics.verification_accuracy(scores["type2"], cross[different],
                                                             seed=seed)
     return summary
-
-
-def _embed(engine, images: np.ndarray, progress: bool, what: str) -> np.ndarray:
-    from tqdm import tqdm
-
-    batches = range(0, len(images), _BATCH)
-    return np.concatenate([engine.embed(images[start:start + _BATCH])
-                           for start in tqdm(batches, desc=what, disable=not progress,
-                                             unit="batch")])
-
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    import tensorflow as tf
-
-    if images.shape[1] == size:
-        return images
-    return tf.cast(tf.clip_by_value(tf.round(tf.image.resize(images, [size, size],
-                                                              antialias=True)), 0, 255),
-                   tf.uint8).numpy()
 
 
 def _load(data: str, engine_spec: str, engine_name: str, crop: CropSpec,
@@ -254,7 +219,7 @@ def _score_engine(engine, sets: EvaluationSets, generator, metadata: dict, seed:
     probes = sets.probes
     images = generator(probes.embeddings)
     size = metadata["height"]
-    vectors = _embed(engine, images, progress, "embed reconstructions")
+    vectors = embed_in_batches(engine, images, _BATCH, progress, "embed reconstructions")
     nn_index, _ = metrics.nearest_neighbour_scores(probes.embeddings, sets.gallery.embeddings)
     random_index = np.random.default_rng(seed).integers(0, len(sets.gallery), len(probes))
     attack_vectors = {"reconstruction": vectors,
@@ -295,7 +260,7 @@ def _score_samples(scores: dict, impostor: np.ndarray, seed: int, count: int = 2
 
 def _realism(images: np.ndarray, probes: pipeline.Faces, vectors: np.ndarray,
              detectors: tuple[str, ...], fid: bool) -> dict:
-    real = _resize(probes.crops, images.shape[1])
+    real = realism.resize_uint8(probes.crops, images.shape[1])
     result = {"engine_frechet_distance": realism.engine_frechet_distance(vectors,
                                                                          probes.embeddings),
               "detection": {}}
@@ -321,7 +286,8 @@ def _transfer(target_spec: str, data: str, crop: CropSpec, cache: pathlib.Path, 
         kept = np.array([row is not None for row in rows])
         probe_vectors = faces.embeddings[[row for row in rows if row is not None]]
         labels = sets.probes.labels[kept]
-        vectors = _embed(target, images[kept], progress, f"embed with {target.name}")
+        vectors = embed_in_batches(target, images[kept], _BATCH, progress,
+                                   f"embed with {target.name}")
         scores = attack_scores(vectors, probe_vectors, labels)
         return {"engine": target.name, "thresholds": thresholds_as_json(thresholds),
                 "probes_scored": int(kept.sum()),
@@ -404,15 +370,11 @@ def _write_grid(path: pathlib.Path, sets: EvaluationSets, images: np.ndarray,
     _, first = np.unique(probes.labels, return_index=True)
     rows = np.sort(first)[:count]
     size = images.shape[1]
-    grid_rows = np.stack([_resize(probes.crops[rows], size), images[rows],
-                          _resize(gallery.crops[nn_index[rows]], size)], 1)
-    cosines = np.stack([np.ones(len(rows)),
-                        np.sum(vectors[rows] * probes.embeddings[rows], 1),
-                        np.sum(gallery.embeddings[nn_index[rows]] * probes.embeddings[rows], 1)],
-                       1)
-    threshold = report["thresholds"].get(f"{GRID_FMR:g}", {}).get("cosine")
-    grid = comparison_grid(grid_rows, cosines,
-                           ["real", "reconstruction", "nearest neighbour"], threshold)
+    grid = neighbour_grid(realism.resize_uint8(probes.crops[rows], size), images[rows],
+                          realism.resize_uint8(gallery.crops[nn_index[rows]], size),
+                          probes.embeddings[rows], vectors[rows],
+                          gallery.embeddings[nn_index[rows]],
+                          report["thresholds"].get(f"{GRID_FMR:g}", {}).get("cosine"))
     tf.io.write_file(str(path), tf.io.encode_png(grid))
 
 
