@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 import onnx
@@ -187,30 +185,15 @@ def write_onnx(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """
     check_opset(opset)
     target = pathlib.Path(out_dir)
-    if target.exists():
-        raise savedmodel.ExportError(f"{target} exists; exporting never overwrites a version")
-    model = convert(saved_model_dir, opset)
-    onnx.checker.check_model(model, full_check=True)
-    metadata = savedmodel.read_metadata(saved_model_dir)
-    spec_in, spec_out = _check_contract_types(model, metadata)
-    metadata["onnx"] = {"file": ONNX_FILE, "opset": opset, "input": spec_in, "output": spec_out}
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
-        (staging / "onnx").mkdir()
-        onnx.save_model(model, str(staging / "onnx" / ONNX_FILE))
-        (staging / "onnx" / savedmodel.METADATA_FILE).write_text(
-            json.dumps(metadata, indent=2) + "\n")
-        if target.exists():
-            raise savedmodel.ExportError(f"{target} appeared while exporting; not overwritten")
-        try:
-            os.rename(staging / "onnx", target)
-        except OSError as error:
-            raise savedmodel.ExportError(
-                f"{target} appeared while exporting; not overwritten") from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with savedmodel.publishing(target) as folder:
+        model = convert(saved_model_dir, opset)
+        onnx.checker.check_model(model, full_check=True)
+        metadata = savedmodel.read_metadata(saved_model_dir)
+        spec_in, spec_out = _check_contract_types(model, metadata)
+        metadata["onnx"] = {"file": ONNX_FILE, "opset": opset, "input": spec_in,
+                            "output": spec_out}
+        onnx.save_model(model, str(folder / ONNX_FILE))
+        savedmodel.write_metadata(folder, metadata)
     return target / ONNX_FILE
 
 

@@ -15,6 +15,7 @@ never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ import pathlib
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -217,6 +219,42 @@ def check_model_name(model_name: str) -> str:
     return model_name
 
 
+@contextlib.contextmanager
+def publishing(target: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yields an empty hidden folder beside ``target``, renamed to ``target`` when the block
+    ends without an error, and removed otherwise.
+
+    A reader polling the parent (TF Serving, a phone app's updater) never sees half a
+    version, and an existing version is never overwritten.
+
+    Raises:
+      ExportError: when ``target`` exists before the block, or appears during it.
+    """
+    if target.exists():
+        raise ExportError(f"{target} exists; exporting never overwrites a version")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        folder = staging / target.name
+        folder.mkdir()
+        yield folder
+        # rename(2) fails onto a non-empty folder but replaces an empty one; refuse both.
+        if target.exists():
+            raise ExportError(f"{target} appeared while exporting; not overwritten")
+        try:
+            os.rename(folder, target)
+        except OSError as error:
+            raise ExportError(f"{target} appeared while exporting; not overwritten") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_metadata(folder: pathlib.Path, metadata: dict) -> None:
+    """Writes ``metadata`` as ``folder/vec2face.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
 def write_savedmodel(generator: keras.Model, metadata: dict, export_base: str | os.PathLike,
                      model_name: str, version: int | None = None) -> ExportedModel:
     """Writes the next (or the given) version of ``model_name`` and refreshes ``models.config``.
@@ -231,22 +269,9 @@ def write_savedmodel(generator: keras.Model, metadata: dict, export_base: str | 
     elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ExportError(f"version must be a positive integer, got {version!r}")
     target = model_base / str(version)
-    if target.exists():
-        raise ExportError(f"{target} exists; exporting never overwrites a version")
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_base))
-    try:
-        build_archive(generator).write_out(str(staging / "model"), verbose=False)
-        assets = staging / "model" / "assets"
-        assets.mkdir(exist_ok=True)
-        (assets / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        try:
-            # rename(2) of a directory onto an existing non-empty one fails: a concurrent
-            # export that took this version first is never overwritten.
-            os.rename(staging / "model", target)
-        except OSError as error:
-            raise ExportError(f"{target} appeared while exporting; not overwritten") from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with publishing(target) as folder:
+        build_archive(generator).write_out(str(folder), verbose=False)
+        write_metadata(folder / "assets", metadata)
     write_models_config(pathlib.Path(export_base))
     return ExportedModel(target, version, metadata)
 

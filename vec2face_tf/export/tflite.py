@@ -52,11 +52,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import os
 import pathlib
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable
 
@@ -329,13 +326,7 @@ def write_tflite(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if "int8" in variants:
         check_calibration_embeddings(representative_embeddings, metadata["embedding_dim"])
     out_dir = pathlib.Path(out_dir)
-    if out_dir.exists():
-        raise savedmodel.ExportError(f"{out_dir} exists; exporting never overwrites a version")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
-        folder = staging / "tflite"
-        folder.mkdir()
+    with savedmodel.publishing(out_dir) as folder:
         section = {}
         for variant in variants:
             model = convert(saved_model_dir, variant, representative_embeddings)
@@ -350,16 +341,7 @@ def write_tflite(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike,
                 section[variant]["calibration_embeddings"] = int(
                     np.asarray(representative_embeddings).shape[0])
         metadata[TFLITE_SECTION] = section
-        (folder / savedmodel.METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        try:
-            # rename(2) onto an existing non-empty folder fails: never overwrite a version
-            # that a concurrent export wrote meanwhile.
-            os.rename(folder, out_dir)
-        except OSError as error:
-            raise savedmodel.ExportError(f"{out_dir} appeared while exporting; not "
-                                         "overwritten") from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        savedmodel.write_metadata(folder, metadata)
     return {variant: out_dir / tflite_file_name(variant) for variant in variants}
 
 
