@@ -86,14 +86,14 @@ def export(model_dir: str | os.PathLike | None, export_base: str | os.PathLike, 
         written["models_config"] = str(pathlib.Path(export_base) / savedmodel.MODELS_CONFIG_FILE)
     else:
         model_base = pathlib.Path(export_base) / model_name
-        versions = savedmodel.existing_versions(model_base)
-        if version is None and versions:
-            version = versions[-1]
-        if version is None or not (model_base / str(version) / "saved_model.pb").exists():
+        try:
+            saved_model_dir = savedmodel.resolve_version_dir(
+                model_base / str(version) if version else model_base)
+        except savedmodel.ExportError:
             raise savedmodel.ExportError(
                 f"no SavedModel {'version ' + str(version) if version else 'version'} under "
-                f"{model_base}; export with --format=savedmodel (or all) first")
-        saved_model_dir = model_base / str(version)
+                f"{model_base}; export with --format=savedmodel (or all) first") from None
+        version = int(saved_model_dir.name)
     written["version"] = version
 
     if "tflite" in formats:
@@ -133,11 +133,7 @@ def _calibration_embeddings(model_path: pathlib.Path, saved_model_dir: pathlib.P
         raise savedmodel.ExportError(
             "the int8 TFLite model is calibrated on real engine vectors: pass --cache_dir, or "
             "--model_dir of the run whose cache to use")
-    if cache_dir is None:
-        run = model_path / savedmodel.RUN_FILE
-        cache_dir = (json.loads(run.read_text())["cache_dir"] if run.exists()
-                     else model_path / "cache")
-    cache = pathlib.Path(cache_dir)
+    cache = pathlib.Path(cache_dir) if cache_dir else savedmodel.run_cache_dir(model_path)
     if not cache.is_dir():
         raise savedmodel.ExportError(
             f"the int8 TFLite model is calibrated on real engine vectors, but there is no "

@@ -113,6 +113,13 @@ def run_info(model_dir: pathlib.Path, config: config_lib.Config) -> dict:
         engine.close()
 
 
+def run_cache_dir(model_dir: pathlib.Path) -> pathlib.Path:
+    """The embedding cache a run trained on: ``run.json``'s, else ``<model_dir>/cache``."""
+    saved = model_dir / RUN_FILE
+    cache = json.loads(saved.read_text()).get("cache_dir") if saved.exists() else None
+    return pathlib.Path(cache or model_dir / "cache")
+
+
 def load_run(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     """The EMA generator of ``model_dir``'s latest checkpoint and the export metadata."""
     model_path = pathlib.Path(model_dir)
@@ -129,7 +136,7 @@ def load_run(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     if split_file.exists():
         # vec2face-eval keeps these identities out of its probes.
         metadata["train_identities"] = json.loads(split_file.read_text())["train_identities"]
-    cache = pathlib.Path(info.get("cache_dir") or model_path / "cache")
+    cache = run_cache_dir(model_path)
     if cache.is_dir():
         from vec2face_tf.evaluation import thresholds
 
