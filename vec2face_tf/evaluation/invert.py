@@ -31,7 +31,7 @@ import pathlib
 import numpy as np
 
 from vec2face_tf.evaluation.reconstruction import comparison_grid
-from vec2face_tf.export.inputs import check_embeddings
+from vec2face_tf.export.contract import check_embeddings
 
 FMR = 1e-3
 FMR_KEY = f"{FMR:g}"  # how vec2face_tf.evaluation.thresholds keys its FMRs

@@ -33,12 +33,10 @@ import numpy as np
 import onnx
 
 from vec2face_tf.export import savedmodel
-from vec2face_tf.export.inputs import check_embeddings
+from vec2face_tf.export.contract import EMBEDDING_INPUT, IMAGE_OUTPUT, check_embeddings
 
 MIN_OPSET = 17
 ONNX_FILE = "generator.onnx"
-INPUT_NAME = "embedding"
-OUTPUT_NAME = "image"
 METADATA_KEY = savedmodel.METADATA_FILE
 _BATCH_DIM = "batch"
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8"}
@@ -134,15 +132,15 @@ def convert(saved_model_dir: str | os.PathLike, opset: int = MIN_OPSET) -> onnx.
 
     inputs = [value.name for value in model.graph.input]
     outputs = [value.name for value in model.graph.output]
-    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+    if inputs != [EMBEDDING_INPUT] or outputs != [IMAGE_OUTPUT]:
         raise savedmodel.ExportError(
             f"{path} {savedmodel.SERVING_SIGNATURE} converts to inputs {inputs} and outputs "
-            f"{outputs}; the contract is exactly [{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]")
+            f"{outputs}; the contract is exactly [{EMBEDDING_INPUT!r}] -> [{IMAGE_OUTPUT!r}]")
     _name_batch_dimension(model)
     model.doc_string = (
-        f"vec2face_tf generator ({metadata.get('engine')} engine): {INPUT_NAME} "
+        f"vec2face_tf generator ({metadata.get('engine')} engine): {EMBEDDING_INPUT} "
         f"float32[batch, {metadata.get('embedding_dim')}] raw engine features -> "
-        f"{OUTPUT_NAME} uint8[batch, {metadata.get('height')}, {metadata.get('width')}, 3] "
+        f"{IMAGE_OUTPUT} uint8[batch, {metadata.get('height')}, {metadata.get('width')}, 3] "
         f"RGB aligned crop. Export metadata: metadata_props['{METADATA_KEY}'].")
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     return model
@@ -152,9 +150,9 @@ def _check_contract_types(model: onnx.ModelProto, metadata: dict) -> tuple[dict,
     """The input and output specs, after checking them against the contract and metadata."""
     spec_in = _value_spec(model.graph.input[0])
     spec_out = _value_spec(model.graph.output[0])
-    expected_in = {"name": INPUT_NAME, "dtype": "float32",
+    expected_in = {"name": EMBEDDING_INPUT, "dtype": "float32",
                    "shape": [None, metadata["embedding_dim"]]}
-    expected_out = {"name": OUTPUT_NAME, "dtype": "uint8",
+    expected_out = {"name": IMAGE_OUTPUT, "dtype": "uint8",
                     "shape": [None, metadata["height"], metadata["width"], 3]}
     if (spec_in, spec_out) != (expected_in, expected_out):
         raise savedmodel.ExportError(
@@ -220,8 +218,8 @@ class OnnxGenerator:
         self._session = onnxruntime.InferenceSession(
             str(model_path), providers=["CPUExecutionProvider"])
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if ([i.name for i in inputs], [o.name for o in outputs]) != ([INPUT_NAME],
-                                                                     [OUTPUT_NAME]):
+        if ([i.name for i in inputs], [o.name for o in outputs]) != ([EMBEDDING_INPUT],
+                                                                     [IMAGE_OUTPUT]):
             raise ValueError(f"{model_path} is not a vec2face_tf generator: inputs "
                              f"{[i.name for i in inputs]}, outputs {[o.name for o in outputs]}")
         self.dim = inputs[0].shape[1]
@@ -237,4 +235,4 @@ class OnnxGenerator:
             or an all-zero row.
         """
         values = check_embeddings(embedding, self.dim)
-        return self._session.run([OUTPUT_NAME], {INPUT_NAME: values})[0]
+        return self._session.run([IMAGE_OUTPUT], {EMBEDDING_INPUT: values})[0]

@@ -30,12 +30,17 @@ import tensorflow as tf
 
 import vec2face_tf
 from vec2face_tf import config as config_lib
+from vec2face_tf.export.contract import (
+    EMBEDDING_INPUT,
+    IMAGE_OUTPUT,
+    NOISE_INPUT,
+    SAMPLE_SIGNATURE,
+    SERVING_SIGNATURE,
+)
 from vec2face_tf.models import dibigan
 
 METADATA_FILE = "vec2face.json"
 RUN_FILE = "run.json"
-SERVING_SIGNATURE = "serving_default"
-SAMPLE_SIGNATURE = "sample"
 MODELS_CONFIG_FILE = "models.config"
 _VERSION_DIR = re.compile(r"^[0-9]+$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -185,7 +190,7 @@ def build_archive(generator: keras.Model) -> keras.export.ExportArchive:
     def serve(embedding):
         embedding = checked_embedding(embedding, dim)
         noise = tf.zeros([tf.shape(embedding)[0], noise_dim], tf.float32)
-        return {"image": to_uint8_image(generator([embedding, noise], training=False))}
+        return {IMAGE_OUTPUT: to_uint8_image(generator([embedding, noise], training=False))}
 
     def sample(embedding, noise):
         embedding = checked_embedding(embedding, dim)
@@ -195,13 +200,13 @@ def build_archive(generator: keras.Model) -> keras.export.ExportArchive:
             message="noise and embedding must have the same batch size")
         with tf.control_dependencies([same_batch]):
             noise = tf.debugging.assert_all_finite(noise, "noise contains NaN or Inf")
-        return {"image": to_uint8_image(generator([embedding, noise], training=False))}
+        return {IMAGE_OUTPUT: to_uint8_image(generator([embedding, noise], training=False))}
 
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[
-        tf.TensorSpec([None, dim], tf.float32, name="embedding")])
+        tf.TensorSpec([None, dim], tf.float32, name=EMBEDDING_INPUT)])
     archive.add_endpoint(SAMPLE_SIGNATURE, sample, input_signature=[
-        tf.TensorSpec([None, dim], tf.float32, name="embedding"),
-        tf.TensorSpec([None, noise_dim], tf.float32, name="noise")])
+        tf.TensorSpec([None, dim], tf.float32, name=EMBEDDING_INPUT),
+        tf.TensorSpec([None, noise_dim], tf.float32, name=NOISE_INPUT)])
     # Keras 3.15 saves every weight twice: once as the Keras variables that track() lists and
     # once as the tf.Variables the endpoints capture (`_all_variables`, what serving and the
     # converters read). Dropping the Keras lists halves the SavedModel (cpu64: 27.8 -> 13.9 MB)

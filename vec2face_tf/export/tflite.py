@@ -63,7 +63,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from vec2face_tf.config import CropSpec
 from vec2face_tf.export import savedmodel
-from vec2face_tf.export.inputs import check_embeddings
+from vec2face_tf.export.contract import EMBEDDING_INPUT, IMAGE_OUTPUT, check_embeddings
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")
 MIN_CALIBRATION_EMBEDDINGS = 200
@@ -233,10 +233,10 @@ class _Graph:
         self._tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
         self.ops = interpreter._get_ops_details()
         runner = interpreter.get_signature_runner(savedmodel.SERVING_SIGNATURE)
-        embedding = runner.get_input_details()["embedding"]
+        embedding = runner.get_input_details()[EMBEDDING_INPUT]
         self.input_index = embedding["index"]
         self.embedding_dim = int(embedding["shape_signature"][-1])
-        self.output_index = runner.get_output_details()["image"]["index"]
+        self.output_index = runner.get_output_details()[IMAGE_OUTPUT]["index"]
         self._producer = {index: op for op in self.ops for index in op["outputs"]}
         self._consumers = collections.defaultdict(list)
         for op in self.ops:
@@ -365,20 +365,20 @@ class TFLiteGenerator:
             raise FileNotFoundError(f"no TFLite file at {self.path}")
         self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
         signatures = self._interpreter.get_signature_list()
-        expected = {"inputs": ["embedding"], "outputs": ["image"]}
+        expected = {"inputs": [EMBEDDING_INPUT], "outputs": [IMAGE_OUTPUT]}
         if signatures.get(savedmodel.SERVING_SIGNATURE) != expected:
             raise savedmodel.ExportError(
                 f"{self.path} is not a vec2face_tf generator: signatures {signatures}, "
                 f"expected {savedmodel.SERVING_SIGNATURE} {expected}")
         self._runner = self._interpreter.get_signature_runner(savedmodel.SERVING_SIGNATURE)
-        embedding = self._runner.get_input_details()["embedding"]
-        image = self._runner.get_output_details()["image"]
+        embedding = self._runner.get_input_details()[EMBEDDING_INPUT]
+        image = self._runner.get_output_details()[IMAGE_OUTPUT]
         self.embedding_dim = int(embedding["shape_signature"][-1])
         self.height, self.width = (int(s) for s in image["shape_signature"][1:3])
 
     def __call__(self, embedding) -> np.ndarray:
         rows = check_embeddings(embedding, self.embedding_dim)
-        return np.array(self._runner(embedding=rows)["image"], copy=True)
+        return np.array(self._runner(**{EMBEDDING_INPUT: rows})[IMAGE_OUTPUT], copy=True)
 
     def __repr__(self) -> str:
         return (f"TFLiteGenerator({str(self.path)!r}, D={self.embedding_dim}, "

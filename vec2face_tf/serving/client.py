@@ -25,15 +25,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vec2face_tf.export.inputs import check_embeddings
+from vec2face_tf.export.contract import (
+    EMBEDDING_INPUT,
+    IMAGE_OUTPUT,
+    NOISE_INPUT,
+    SAMPLE_SIGNATURE,
+    SERVING_SIGNATURE,
+    check_embeddings,
+)
 
-# The exported generator's contract (DESIGN §3, vec2face_tf.export.savedmodel), repeated here so
-# that a REST client does not import TensorFlow and Keras.
-SERVING_SIGNATURE = "serving_default"
-SAMPLE_SIGNATURE = "sample"
-EMBEDDING_INPUT = "embedding"
-NOISE_INPUT = "noise"
-IMAGE_OUTPUT = "image"
 PROTOCOLS = ("rest", "grpc")
 REST_FORMATS = ("row", "columnar")
 

@@ -1,13 +1,21 @@
-"""The one set of rules for embedding vectors fed to an exported generator.
+"""The exported generator's contract (DESIGN §3): its names, and its rules for input vectors.
 
-The SavedModel enforces them in its graph. TFLite and ONNX files drop those checks (measured:
-see ``tflite`` and ``onnx``), so their runners, the serving client and ``vec2face-invert`` apply
-the same rules here, in numpy, before a call. No TensorFlow import: the REST client uses it.
+Every format carries the ``serving_default`` computation under the same names; the SavedModel
+adds ``sample``. The SavedModel enforces the input rules in its graph. TFLite and ONNX files
+drop those checks (measured: see ``tflite`` and ``onnx``), so their runners, the serving
+client and ``vec2face-invert`` apply the same rules here, in numpy, before a call. No
+TensorFlow import: the REST client uses this module.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+SERVING_SIGNATURE = "serving_default"
+SAMPLE_SIGNATURE = "sample"
+EMBEDDING_INPUT = "embedding"
+NOISE_INPUT = "noise"
+IMAGE_OUTPUT = "image"
 
 
 def check_embeddings(embedding, dim: int | None = None, name: str = "embedding",
