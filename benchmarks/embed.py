@@ -18,7 +18,6 @@ import os
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-import json  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
@@ -26,6 +25,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
+from results_io import write_results  # noqa: E402  (benchmarks/ is on sys.path)
 
 _DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-dev"
 _DATA = flags.DEFINE_string("data", str(_DEFAULT_DATA), "Folder <identity>/<image>.")
@@ -199,11 +199,7 @@ def main(argv):
         "fraction_of_workers_x_raw_wall": cold.images_per_second / target,
         "fraction_of_workers_x_raw_after_startup": cold_steady / target,
     }
-    if _OUT.value:
-        out = pathlib.Path(_OUT.value)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, sort_keys=True))
-        print(f"wrote {out}")
+    write_results(results, _OUT.value)
 
 
 if __name__ == "__main__":

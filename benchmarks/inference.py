@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from absl import app, flags
+from results_io import write_results  # benchmarks/ is on sys.path when run as a script
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Training folder to export (default: an "
                                  "untrained generator of --preset).")
@@ -163,11 +164,7 @@ def main(argv):
           f"({'met' if ort_ratio <= 1.5 else 'NOT met'})")
     print(f"export of all formats took {export_seconds:.1f} s; {_THREADS.value} threads; "
           f"load average {os.getloadavg()[0]:.2f}")
-    if _OUT.value:
-        out = pathlib.Path(_OUT.value)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, sort_keys=True))
-        print(f"wrote {out}")
+    write_results(results, _OUT.value)
 
 
 if __name__ == "__main__":
