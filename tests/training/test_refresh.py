@@ -77,15 +77,18 @@ def test_refresh_lowers_the_gap_on_fresh_generated_images(gan):
     fresh_teacher = engine.embed(to_uint8(fresh))
     queries_for_check = engine.calls
     before = refresh.student_gap(fresh, fresh_teacher)
-    for _ in range(4):  # the fourth is refused: 3 x 32 = the 96-query cap
+    refresh.refresh()
+    # Only the first refresh starts from an untrained student, so only its own gap must
+    # fall; later ones start near convergence, where a fresh batch may score a hair worse.
+    first_gap_before, first_gap_after = refresh.last_gap
+    assert first_gap_after < first_gap_before - 0.05, refresh.last_gap
+    for _ in range(3):  # the fourth refresh is refused: 3 x 32 = the 96-query cap
         refresh.refresh()
     after = refresh.student_gap(fresh, fresh_teacher)
 
     assert after < before - 0.05, (before, after)
     assert refresh.queries == 96 and engine.calls - queries_for_check == 96
     assert refresh.refreshes == 3 and len(refresh.buffer) == 64  # bounded buffer
-    gap_before, gap_after = refresh.last_gap
-    assert gap_after < gap_before
 
 
 def test_replay_buffer_keeps_the_newest():
