@@ -124,7 +124,9 @@ prepare(sys.argv[1], "dlib", sys.argv[2], workers=0, batch_size=1, shard_size=2,
 
 
 @pytest.mark.fault
-def test_kill_9_mid_run_then_resume_loses_nothing_and_repeats_nothing(faces_dev, tmp_path):
+@pytest.mark.parametrize("shards_before_kill", [1, 2, 5])
+def test_kill_9_mid_run_then_resume_loses_nothing_and_repeats_nothing(faces_dev, tmp_path,
+                                                                     shards_before_kill):
     keys = copy_faces(faces_dev, tmp_path / "data", 16)
     cache_dir = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "-c", _KILLABLE_RUN, str(tmp_path / "data"),
@@ -132,7 +134,7 @@ def test_kill_9_mid_run_then_resume_loses_nothing_and_repeats_nothing(faces_dev,
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if len(list(cache_dir.glob("*/*/shard-*.npz"))) >= 2:
+            if len(list(cache_dir.glob("*/*/shard-*.npz"))) >= shards_before_kill:
                 break
             time.sleep(0.05)
         assert process.poll() is None, "the run finished before it could be killed"
@@ -142,7 +144,7 @@ def test_kill_9_mid_run_then_resume_loses_nothing_and_repeats_nothing(faces_dev,
         if process.poll() is None:
             process.kill()
     before = cached_keys(cache_dir)
-    assert 4 <= len(before) < 16 and before == keys[:len(before)]
+    assert 2 * shards_before_kill <= len(before) < 16 and before == keys[:len(before)]
 
     resumed = prepare(str(tmp_path / "data"), "dlib", cache_dir, workers=0, progress=False)
     after = cached_keys(cache_dir)

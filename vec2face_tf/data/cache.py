@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import pathlib
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from vec2face_tf.config import CropSpec
+from vec2face_tf.filesystem import exclusive_lock, free_space_text, is_out_of_space
 
 DUPLICATE = "duplicate"
 SHARD_PATTERN = "shard-*.npz"
@@ -170,26 +169,19 @@ class EmbeddingCache:
         Raises:
           CacheError: when another process holds it, naming that process.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / "prepare.lock"
-        handle = open(path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
-        try:
+
+        def refuse(holder: str) -> CacheError:
+            return CacheError(f"cache {self.directory} is locked by another prepare run "
+                              f"({holder}); wait for it to finish or use another --cache_dir")
+
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown process"
-                raise CacheError(f"cache {self.directory} is locked by another prepare run "
-                                 f"({holder}); wait for it to finish or use another "
-                                 "--cache_dir") from error
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
+                stack.enter_context(exclusive_lock(path, refuse))
+            except OSError as error:
+                raise write_error(path, error) from error
             self._remove_partial_shards()
             yield
-        finally:
-            handle.close()  # Closing releases the flock.
 
     def _remove_partial_shards(self) -> None:
         for leftover in self.directory.glob("*.tmp"):
@@ -297,11 +289,15 @@ class EmbeddingCache:
         existing = [int(p.stem.split("-")[1]) for p in self.shard_paths()]
         final = self.directory / f"shard-{(max(existing) + 1 if existing else 0):05d}.npz"
         temporary = final.with_name(final.name + f".{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
+        try:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise write_error(final, error, len(faces) + len(skips)) from error
         return final
 
     # ----- integrity -----
@@ -395,5 +391,24 @@ def _strings(values: list[str]) -> np.ndarray:
 
 def _atomic_write_text(path: pathlib.Path, text: str) -> None:
     temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_error(path, error) from error
+
+
+def write_error(path: pathlib.Path, error: OSError, records: int = 0) -> CacheError:
+    """The CacheError for a failed write of ``path``: what failed, why, and what is kept.
+
+    A full disk gets its own wording (with the space left), because it is the common case
+    and the fix, freeing space and rerunning, is safe: finished shards are never rewritten.
+    """
+    what = f"cache file {path.name}" + (f" ({records} records)" if records else "")
+    reason = error.strerror or str(error)
+    if is_out_of_space(error):
+        reason = f"no space left on the device ({free_space_text(path.parent)})"
+    return CacheError(f"could not write {what} in {path.parent}: {reason}. The cache's other "
+                      "files are intact and no partial file was left; fix this and rerun "
+                      "prepare, which resumes where it stopped")

@@ -25,6 +25,7 @@ from vec2face_tf.config import CropSpec
 from vec2face_tf.data.cache import (
     DEFAULT_CROP,
     DUPLICATE,
+    CacheError,
     EmbeddingCache,
     FaceEntry,
     SkipEntry,
@@ -250,7 +251,8 @@ def prepare(source: FaceSource | str, engine_spec: str, cache_dir: str | os.Path
 
     Raises:
       SourceError: for an unusable source.
-      CacheError: when another run holds the cache's lock.
+      CacheError: when another run holds the cache's lock, or a cache file cannot be written
+        (a full disk); the shards written before stay valid and a rerun resumes after them.
       ValueError: for bad numeric arguments.
     """
     if workers < 0 or max_images < 0 or batch_size < 1 or shard_size < 1 or max_pixels < 1:
@@ -298,7 +300,10 @@ def _run(source: FaceSource, cache: EmbeddingCache, runner: _Runner, stats: Prep
 
     face_hashes, skipped_keys = cache.index()
     skipped_content = cache.skipped_content()
-    in_flight: set[str] = set()
+    # Content sent to the workers -> copies of it met meanwhile. A copy's reason waits for the
+    # original's outcome: a copy of an embedded photo is a duplicate, but a copy of a bad file
+    # (two empty files, say) is as bad as the original, as it is on a resumed run.
+    in_flight: dict[str, list[tuple[str, str]]] = {}
     faces: list[FaceEntry] = []
     skips: list[SkipEntry] = []
     counts: Counter = Counter()
@@ -311,9 +316,16 @@ def _run(source: FaceSource, cache: EmbeddingCache, runner: _Runner, stats: Prep
         skips.append(SkipEntry(task_hash, key, identity, reason))
         counts[reason] += 1
 
+    write_failed = False
+
     def flush(force: bool = False) -> None:
+        nonlocal write_failed
         if force or len(faces) + len(skips) >= shard_size:
-            cache.write_shard(faces, skips)
+            try:
+                cache.write_shard(faces, skips)
+            except CacheError:
+                write_failed = True
+                raise
             faces.clear()
             skips.clear()
 
@@ -337,14 +349,16 @@ def _run(source: FaceSource, cache: EmbeddingCache, runner: _Runner, stats: Prep
             if face_hashes.get(digest) == record.key:
                 stats.already_cached += 1
                 bar.update()
-            elif digest in face_hashes or digest in in_flight:
+            elif digest in in_flight:
+                in_flight[digest].append((record.key, record.identity))
+            elif digest in face_hashes:
                 skip(digest, record.key, record.identity, DUPLICATE)
                 bar.update()
             elif digest in skipped_content:
                 skip(digest, record.key, record.identity, skipped_content[digest])
                 bar.update()
             else:
-                in_flight.add(digest)
+                in_flight[digest] = []
                 chunk.append(_Task(digest, record.key, record.identity, data))
                 if len(chunk) >= batch_size:
                     yield chunk
@@ -361,11 +375,17 @@ def _run(source: FaceSource, cache: EmbeddingCache, runner: _Runner, stats: Prep
                     stats.embedded += 1
                 else:
                     skip(task.hash, task.key, task.identity, reason)
+                copies = in_flight.pop(task.hash)
+                for key, identity in copies:
+                    skip(task.hash, key, identity, DUPLICATE if reason == "ok" else reason)
+                bar.update(len(copies))
             bar.update(len(outcomes))
             bar.set_postfix(embedded=stats.embedded, skipped=sum(counts.values()))
             flush()
     finally:
-        # Also on Ctrl-C: what is finished is saved, so the rerun resumes from here.
-        flush(force=True)
+        # Also on Ctrl-C: what is finished is saved, so the rerun resumes from here. After a
+        # failed write (a full disk) a second try would only bury the first error.
+        if not write_failed:
+            flush(force=True)
         stats.skipped = dict(sorted(counts.items()))
         bar.close()
