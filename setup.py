@@ -40,7 +40,8 @@ EXTRAS_REQUIRE = {
         "tf-keras==2.21.0",  # deepface's TF backend; only ever imported in the worker process
         "mtcnn==1.0.0",
     ],
-    "dev": ["pytest>=8", "ruff>=0.6", "scipy>=1.11"],  # scipy: reference sqrtm in tests
+    # scipy: reference sqrtm in tests; hypothesis: generated bad inputs in the fault tests
+    "dev": ["pytest>=8", "ruff>=0.6", "scipy>=1.11", "hypothesis>=6.100"],
 }
 
 # Binaries live in the top-level train/ and export/ folders (tensorflow/models style) and are

@@ -35,11 +35,18 @@ class Engine(abc.ABC):
 
         Raises:
           EngineError: naming the problem, for a wrong dtype/shape, an empty batch, or an
-            engine output that is not finite or has zero norm.
+            engine output that is not real numbers of shape [N, dim], not finite, or has
+            zero norm.
         """
         images = validate_images(images)
         images = resize_images(images, self.input_size)
-        vectors = np.asarray(self._embed(images), dtype=np.float32)
+        raw = self._embed(images)
+        vectors = np.asarray(raw)
+        # A cast to float32 would turn bool into 0/1, drop imaginary parts with a warning,
+        # and raise a bare ValueError on strings: name them instead.
+        if vectors.dtype.kind not in "fiu":
+            raise EngineError(f"engine {self.name!r} returned {type(raw).__name__} of dtype "
+                              f"{vectors.dtype}, expected real numbers float32[N, {self.dim}]")
         if vectors.shape != (images.shape[0], self.dim):
             raise EngineError(f"engine {self.name!r} returned shape {vectors.shape}, expected "
                               f"{(images.shape[0], self.dim)}")
@@ -99,13 +106,21 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def l2_normalize_rows(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
-    """L2-normalises rows; raises EngineError on non-finite values or a zero-norm row."""
+    """L2-normalises rows to float32; raises EngineError on non-finite values or a zero row.
+
+    Any finite non-zero row of any real dtype and scale gives a unit row: the norm is taken
+    in float64 after dividing each row by its largest magnitude, so neither squares that
+    overflow (|x| > 1.8e19 in float32) nor squares that underflow (subnormal rows) can turn
+    a row into zeros or Inf.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
     if not np.all(np.isfinite(vectors)):
         bad = np.where(~np.all(np.isfinite(vectors), axis=1))[0]
         raise EngineError(f"{what} has NaN or inf in rows {bad[:10].tolist()}")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        bad = np.where(norms[:, 0] == 0)[0]
+    largest = np.max(np.abs(vectors), axis=1, keepdims=True)
+    if np.any(largest == 0):
+        bad = np.where(largest[:, 0] == 0)[0]
         raise EngineError(f"{what} has all-zero rows {bad[:10].tolist()}; they cannot be "
                           "normalised")
-    return (vectors / norms).astype(np.float32)
+    scaled = vectors / largest
+    return (scaled / np.linalg.norm(scaled, axis=1, keepdims=True)).astype(np.float32)

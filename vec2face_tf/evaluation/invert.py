@@ -55,6 +55,7 @@ SIDE_BY_SIDE_FILE = "side_by_side.png"
 SAMPLES_FILE = "samples.png"
 RESULT_FILE = "result.json"
 TEMPLATE_FILE = "template.json"
+_NPZ_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive
 
 
 class InvertError(ValueError):
@@ -98,16 +99,18 @@ def load_vector(path: str | os.PathLike, metadata: dict) -> np.ndarray:
     """One raw template vector from a ``.npy`` or ``.json`` file, checked against the model.
 
     Args:
-      path: ``.npy`` holding float[D] or float[1, D]; or ``.json`` holding a list of D numbers
-        or ``{"embedding": [...], "engine": "<engine name>"}``.
+      path: ``.npy`` holding real numbers (any float or integer dtype, cast to float32)
+        [D] or [1, D]; or ``.json`` holding a list of D numbers or ``{"embedding": [...],
+        "engine": "<engine name>"}``.
       metadata: the model's ``vec2face.json``.
 
     Returns:
       float32[D], as given (not normalised).
 
     Raises:
-      InvertError: for a missing or unreadable file, another engine's vector, a wrong size,
-        several rows, NaN/Inf or an all-zero vector.
+      InvertError: for a missing or unreadable file, an ``.npy`` of Python objects (never
+        unpickled), another engine's vector, a wrong dtype or size, several rows, NaN/Inf,
+        an all-zero vector or a norm out of range (see ``check_vector``).
     """
     path = pathlib.Path(path)
     suffix = path.suffix.lower()
@@ -119,21 +122,50 @@ def load_vector(path: str | os.PathLike, metadata: dict) -> np.ndarray:
     if not path.is_file():
         raise InvertError(f"vector file {path} is not a file")
     if suffix == ".npy":
-        try:
-            values = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as error:
-            raise InvertError(f"cannot read {path} as a .npy array: {error}") from None
-        if not isinstance(values, np.ndarray):
-            raise InvertError(f"{path} is an .npz archive, not a single .npy array")
-        if values.dtype == np.bool_ or not (np.issubdtype(values.dtype, np.floating)
-                                            or np.issubdtype(values.dtype, np.integer)):
-            raise InvertError(f"{path} must hold real numbers, got dtype {values.dtype}")
+        values = _read_npy_vector(path, metadata)
     else:
         values, engine = _read_json_vector(path)
         if engine is not None and engine != metadata["engine"]:
             raise InvertError(f"{path} holds a vector of engine {engine!r}, but this model "
                               f"inverts {metadata['engine']!r} vectors")
     return check_vector(values, metadata, str(path))
+
+
+def _read_npy_vector(path: pathlib.Path, metadata: dict) -> np.ndarray:
+    """The array of a ``.npy`` file, read only after its header shows real numbers of a
+    template's shape.
+
+    The header comes first so that an object array is refused without unpickling anything,
+    and a forged shape allocates nothing (``np.load`` asks for 3.6 TiB for a header shape
+    of 10^12 values).
+    """
+    try:
+        with path.open("rb") as file:
+            if file.read(len(_NPZ_MAGIC)) == _NPZ_MAGIC:
+                raise InvertError(f"{path} is an .npz archive, not a single .npy array")
+            file.seek(0)
+            version = np.lib.format.read_magic(file)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+            else:
+                raise InvertError(f"{path} is a .npy file of format version "
+                                  f"{version[0]}.{version[1]}; save the vector with np.save")
+    except InvertError:
+        raise
+    except (OSError, ValueError, EOFError) as error:
+        raise InvertError(f"cannot read {path} as a .npy array: {error}") from None
+    if dtype.hasobject:
+        raise InvertError(f"{path} holds Python objects (dtype {dtype}), not numbers; it is "
+                          "refused without unpickling")
+    if dtype.kind not in "fiu":
+        raise InvertError(f"{path} must hold real numbers, got dtype {dtype}")
+    _check_vector_shape(shape, metadata, str(path))
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise InvertError(f"cannot read {path} as a .npy array: {error}") from None
 
 
 def _read_json_vector(path: pathlib.Path) -> tuple[np.ndarray, str | None]:
@@ -162,32 +194,44 @@ def _read_json_vector(path: pathlib.Path) -> tuple[np.ndarray, str | None]:
                                   f"{value!r}")
     try:
         return np.asarray(document, dtype=np.float64), engine
-    except (ValueError, OverflowError) as error:
+    except OverflowError as error:
+        raise InvertError(f"{path}: the embedding holds an integer too large for a float "
+                          f"({error})") from None
+    except ValueError as error:
         raise InvertError(f"{path}: the embedding rows have different lengths ({error})") \
             from None
+
+
+def _check_vector_shape(shape: tuple[int, ...], metadata: dict, source: str) -> None:
+    """Raises InvertError unless ``shape`` is [D] or [1, D] for the model's D."""
+    dim, engine = int(metadata["embedding_dim"]), metadata["engine"]
+    if len(shape) == 2 and shape[0] != 1:
+        raise InvertError(f"{source} holds {shape[0]} vectors; invert one template at a time "
+                          f"(a [{dim}] or [1, {dim}] vector)")
+    if len(shape) not in (1, 2):
+        raise InvertError(f"{source} must be a [{dim}] or [1, {dim}] vector, got shape "
+                          f"{tuple(shape)}")
+    if shape[-1] != dim:
+        raise InvertError(f"vector has {shape[-1]} values but this model inverts {engine} "
+                          f"vectors of D={dim}")
 
 
 def check_vector(values: np.ndarray, metadata: dict, source: str = "vector") -> np.ndarray:
     """``values`` as float32[D] after the checks the SavedModel would fail less clearly.
 
+    The rules are ``contract.check_embeddings``'s: any real dtype is cast to float32; bool,
+    complex, strings and objects are refused, and so are NaN/Inf, an all-zero vector and a
+    norm outside [``MIN_EMBEDDING_NORM``, ``MAX_EMBEDDING_NORM``].
+
     Raises:
-      InvertError: for a wrong shape or size, several rows, NaN/Inf or an all-zero vector.
+      InvertError: for a wrong shape or size, several rows, a non-numeric dtype, NaN/Inf,
+        an all-zero vector or a norm out of range.
     """
     values = np.asarray(values)
-    dim, engine = int(metadata["embedding_dim"]), metadata["engine"]
-    if values.ndim == 2:
-        if values.shape[0] != 1:
-            raise InvertError(f"{source} holds {values.shape[0]} vectors; invert one template "
-                              f"at a time (a [{dim}] or [1, {dim}] vector)")
-        values = values[0]
-    elif values.ndim != 1:
-        raise InvertError(f"{source} must be a [{dim}] or [1, {dim}] vector, got shape "
-                          f"{values.shape}")
-    if values.size != dim:
-        raise InvertError(f"vector has {values.size} values but this model inverts {engine} "
-                          f"vectors of D={dim}")
+    _check_vector_shape(values.shape, metadata, source)
     try:
-        return check_embeddings(values[np.newaxis], dim, name=source)[0]
+        return check_embeddings(values.reshape(1, -1), int(metadata["embedding_dim"]),
+                                name=source)[0]
     except ValueError as error:
         raise InvertError(str(error)) from None
 
@@ -402,6 +446,9 @@ def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
     """
     if (image is None) == (vector is None):
         raise InvertError("give exactly one of --image (a photo) and --vector (a template)")
+    if vector is not None and not isinstance(vector, str | os.PathLike):
+        raise InvertError(f"vector must be the path of a .npy or .json template, got "
+                          f"{type(vector).__name__}; np.save an array in memory first")
     if isinstance(samples, bool) or not isinstance(samples, int) or \
             not 0 <= samples <= MAX_SAMPLES:
         raise InvertError(f"samples must be an integer from 0 to {MAX_SAMPLES}, got {samples!r}")

@@ -230,9 +230,12 @@ class OnnxGenerator:
     def __call__(self, embedding) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` images for float ``[N, D]`` raw engine features.
 
+        Any real dtype is cast to float32 (as ``contract.check_embeddings`` documents).
+
         Raises:
           ValueError: for a wrong rank or D, an empty batch, a non-numeric array, NaN/Inf,
-            or an all-zero row.
+            an all-zero row, or a row norm outside [1e-5, 1e18] (a float32 square of a
+            larger one overflows in the graph, and the face loses its identity).
         """
         values = check_embeddings(embedding, self.dim)
         return self._session.run([IMAGE_OUTPUT], {EMBEDDING_INPUT: values})[0]

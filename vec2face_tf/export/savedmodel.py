@@ -33,10 +33,13 @@ from vec2face_tf import config as config_lib
 from vec2face_tf.export.contract import (
     EMBEDDING_INPUT,
     IMAGE_OUTPUT,
+    MAX_EMBEDDING_NORM,
+    MIN_EMBEDDING_NORM,
     NOISE_INPUT,
     SAMPLE_SIGNATURE,
     SERVING_SIGNATURE,
 )
+from vec2face_tf.filesystem import error_text, free_space_text, is_out_of_space
 from vec2face_tf.models import dibigan
 
 METADATA_FILE = "vec2face.json"
@@ -44,8 +47,6 @@ RUN_FILE = "run.json"
 MODELS_CONFIG_FILE = "models.config"
 _VERSION_DIR = re.compile(r"^[0-9]+$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
 class ExportError(ValueError):
     """An export that cannot work: a missing checkpoint, a bad name, an existing version."""
 
@@ -100,6 +101,16 @@ def checked_embedding(embedding: tf.Tensor, dim: int) -> tf.Tensor:
     norms = tf.norm(embedding, axis=-1)
     with tf.control_dependencies([tf.debugging.assert_positive(
             norms, message="embedding has an all-zero row, which has no direction to invert")]):
+        embedding = tf.identity(embedding)
+    # Past 1e18 the float32 sum of squares overflows and the face loses its identity, with no
+    # error; the runtimes without asserts (TFLite, ONNX) get the same range from contract.py.
+    # 1e-3 of slack: the float32 norm of a row on the boundary may round past it, and a row
+    # that passes contract.py's float64 check must pass here too.
+    in_range = tf.logical_and(norms >= MIN_EMBEDDING_NORM * (1 - 1e-3),
+                              norms <= MAX_EMBEDDING_NORM * (1 + 1e-3))
+    with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(in_range), [
+            f"embedding has a row whose L2 norm is outside [{MIN_EMBEDDING_NORM:g}, "
+            f"{MAX_EMBEDDING_NORM:g}]; rescale it (engine vectors have norms near 1 to 30)"])]):
         return tf.identity(embedding)
 
 
@@ -240,16 +251,31 @@ def publishing(target: pathlib.Path) -> Iterator[pathlib.Path]:
     version, and an existing version is never overwritten.
 
     Raises:
-      ExportError: when ``target`` exists before the block, or appears during it.
+      ExportError: when ``target`` exists before the block, or appears during it, and when
+        the disk fills up while writing (after removing what was written).
     """
     if target.exists():
         raise ExportError(f"{target} exists; exporting never overwrites a version")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    staging = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-",
+                                                dir=target.parent))
         folder = staging / target.name
         folder.mkdir()
-        yield folder
+        try:
+            yield folder
+        except (OSError, tf.errors.OpError) as error:
+            if not is_out_of_space(error):
+                raise
+            # Removed first, so the free space the message reports is what is really left.
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ExportError(
+                f"could not write {target}: no space left on the device that holds "
+                f"{target.parent} ({free_space_text(target.parent)} after removing the partial "
+                f"files). Nothing was published and nothing that was there before changed. "
+                f"Free some space and export again ({error.__class__.__name__}: "
+                f"{error_text(error)})") from error
         # rename(2) fails onto a non-empty folder but replaces an empty one; refuse both.
         if target.exists():
             raise ExportError(f"{target} appeared while exporting; not overwritten")
@@ -257,8 +283,14 @@ def publishing(target: pathlib.Path) -> Iterator[pathlib.Path]:
             os.rename(folder, target)
         except OSError as error:
             raise ExportError(f"{target} appeared while exporting; not overwritten") from error
+    except OSError as error:
+        if not is_out_of_space(error):
+            raise
+        raise ExportError(f"could not start writing {target}: no space left on the device "
+                          f"({free_space_text(target.parent)}); nothing was published") from error
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_metadata(folder: pathlib.Path, metadata: dict) -> None:
@@ -284,7 +316,10 @@ def write_savedmodel(generator: keras.Model, metadata: dict, export_base: str | 
     with publishing(target) as folder:
         build_archive(generator).write_out(str(folder), verbose=False)
         write_metadata(folder / "assets", metadata)
-    write_models_config(pathlib.Path(export_base))
+    try:
+        write_models_config(pathlib.Path(export_base))
+    except ExportError as error:
+        raise ExportError(f"version {version} is complete in {target}, but {error}") from error
     return ExportedModel(target, version, metadata)
 
 
@@ -305,9 +340,19 @@ def write_models_config(export_base: pathlib.Path, container_base: str = "/model
                 '    model_platform: "tensorflow"\n'
                 "  }\n")
     text = "model_config_list {\n" + "".join(entries) + "}\n"
+    path = export_base / MODELS_CONFIG_FILE
+    if path.exists() and path.read_text() == text:
+        return text  # A new version of a listed model: nothing to write, nothing to fail.
     staging = export_base / f".{MODELS_CONFIG_FILE}.tmp"
-    staging.write_text(text)
-    os.replace(staging, export_base / MODELS_CONFIG_FILE)
+    try:
+        staging.write_text(text)
+        os.replace(staging, path)
+    except OSError as error:
+        staging.unlink(missing_ok=True)
+        if not is_out_of_space(error):
+            raise
+        raise ExportError(f"{path} could not be updated: no space left on the device "
+                          f"({free_space_text(export_base)}); it is unchanged") from error
     return text
 
 

@@ -44,8 +44,12 @@ fails with "'tf.Assert' op is neither a custom op nor a flex op": they would nee
 on the files: a NaN, Inf or all-zero row gives a plain white image (float variants) or
 garbage (int8) with no error; an empty batch, a wrong D or a rank-1/rank-3 input fails with
 an opaque "XNNPack delegate failed to reshape runtime" RuntimeError; float64 fails in
-``SetTensor``. So every caller must validate first: ``TFLiteGenerator`` does, in Python, and
-mobile callers apply the same rules (README).
+``SetTensor``. The converter also fuses the first unit normalisation into ``L2_NORMALIZATION``,
+which floors the squared norm at 1e-12: with a trained (non-zero) embedding centre, a row of
+norm below 1e-6 gives a face of no identity, where the SavedModel still gives the right one.
+So every caller must validate first: ``TFLiteGenerator`` does, in Python
+(``contract.check_embeddings``, norm range included), and mobile callers apply the same rules
+(README).
 """
 
 from __future__ import annotations
@@ -349,9 +353,10 @@ class TFLiteGenerator:
     """Runs a TFLite generator file with LiteRT, after the checks the file cannot make.
 
     ``generator(embedding)`` takes float32[N, D] raw engine vectors and returns uint8[N, H, W,
-    3] RGB aligned crops. A wrong shape, NaN/Inf, an all-zero row or an empty batch raises a
-    ValueError naming the problem (the file itself would return a white image or fail with
-    an XNNPack error). The signature runner resizes the input to each batch size. Not
+    3] RGB aligned crops. Any real dtype is cast to float32. A wrong shape or dtype, NaN/Inf,
+    an all-zero row, a row norm outside [1e-5, 1e18] or an empty batch raises a ValueError
+    naming the problem (the file itself would return a white or wrong image, or fail with an
+    XNNPack error). The signature runner resizes the input to each batch size. Not
     thread-safe: give each thread its own instance.
 
     Args:

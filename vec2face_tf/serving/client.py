@@ -99,6 +99,12 @@ class ServingClient:
 
         Returns:
           uint8[N, H, W, 3] RGB aligned crops.
+
+        Raises:
+          ValueError: locally, by ``contract.check_embeddings`` (any real dtype is cast to
+            float32): a wrong rank, no columns, an empty batch, a non-numeric array, NaN/Inf,
+            an all-zero row or a row norm outside [1e-5, 1e18].
+          ServingError: for what only the server knows, such as a D that is not its model's.
         """
         embedding = check_embeddings(embedding, name=EMBEDDING_INPUT, allow_single=True)
         outputs = self.predict({EMBEDDING_INPUT: embedding}, SERVING_SIGNATURE)
