@@ -103,6 +103,7 @@ class TrainConfig:
     max_engine_queries: int = 200_000
     checkpoint_every: int = 500
     log_every: int = 50
+    seed: int = 0  # Initial weights and the refresh's draws; data sampling uses data.seed.
 
 
 @dataclasses.dataclass

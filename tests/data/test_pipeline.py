@@ -79,6 +79,17 @@ def test_same_seed_same_batches_other_seed_different():
     assert not np.array_equal(first[0][2], first[1][2])  # Steps differ too.
 
 
+def test_a_dataset_started_at_step_s_yields_the_batches_of_steps_s_and_on():
+    faces = synthetic_faces()
+    from_zero = batches(make_dataset(faces, 8, 4, 2, seed=3), 7)
+    from_five = batches(make_dataset(faces, 8, 4, 2, seed=3, start_step=5), 2)
+    for a, b in zip(from_zero[5:], from_five, strict=True):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="start_step must be >= 0, got -1"):
+        make_dataset(faces, 8, 4, 2, start_step=-1)
+
+
 def test_resolution_is_applied_once_with_area_filter():
     faces = synthetic_faces(size=8)
     small = resize_faces(faces, 4)

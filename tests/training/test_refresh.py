@@ -91,10 +91,24 @@ def test_refresh_lowers_the_gap_on_fresh_generated_images(gan):
     assert refresh.refreshes == 3 and len(refresh.buffer) == 64  # bounded buffer
 
 
-def test_replay_buffer_keeps_the_newest():
-    buffer = callbacks.ReplayBuffer(3)
-    buffer.add(np.arange(2)[:, None], np.arange(2)[:, None])
-    buffer.add(np.arange(2, 4)[:, None], np.arange(2, 4)[:, None])
-    np.testing.assert_array_equal(buffer.images[:, 0], [1, 2, 3])
+def test_replay_buffer_keeps_the_newest_and_survives_a_checkpoint(tmp_path):
+    buffer = callbacks.ReplayBuffer(3, (2, 2, 3), 1)
+    images = np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    buffer.add(images[:2], np.arange(2, dtype=np.float32)[:, None])
+    buffer.add(images[2:], np.arange(2, 4, dtype=np.float32)[:, None])
+    np.testing.assert_array_equal(buffer.images[:, 0, 0, 0], [1, 2, 3])
+    np.testing.assert_array_equal(buffer.vectors[:, 0], [1, 2, 3])
+    sampled, vectors = buffer.sample(5, np.random.default_rng(0))
+    np.testing.assert_allclose(sampled[:, 0, 0, 0], vectors[:, 0] / 127.5 - 1.0)
+
+    path = tf.train.Checkpoint(buffer=buffer).save(str(tmp_path / "ckpt"))
+    restored = callbacks.ReplayBuffer(3, (2, 2, 3), 1)
+    tf.train.Checkpoint(buffer=restored).restore(path).assert_consumed()
+    restored.reload()
+    np.testing.assert_array_equal(restored.images, buffer.images)
+    np.testing.assert_array_equal(restored.vectors, buffer.vectors)
+
     with pytest.raises(ValueError, match="2 images but 1 vectors"):
-        buffer.add(np.zeros((2, 1)), np.zeros((1, 1)))
+        buffer.add(images[:2], np.zeros((1, 1), np.float32))
+    with pytest.raises(ValueError, match="must be uint8, got float32"):
+        buffer.add(images[:1].astype(np.float32), np.zeros((1, 1), np.float32))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -143,3 +144,64 @@ def test_checkpoint_holds_every_network_variable(tmp_path):
             np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"{name} {a.path}")
     keys = {key.split("/")[0] for key in tf.train.list_variables(path) for key in [key[0]]}
     assert {"flow", "student", "generator", "discriminator"} <= keys
+
+
+@pytest.mark.fault
+def test_a_second_run_on_the_same_model_dir_is_refused_with_a_clear_message(small_faces,
+                                                                            tmp_path):
+    from vec2face_tf.filesystem import exclusive_lock
+
+    model_dir = tmp_path / "run"
+    with exclusive_lock(model_dir / trainer.LOCK_FILE, RuntimeError):  # a run in progress
+        result = _run_binary("--preset=smoke", f"--data={small_faces}",
+                             f"--model_dir={model_dir}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"error: {model_dir} is in use by another training run (pid {os.getpid()}" \
+        in result.stderr, result.stderr[-2000:]
+    assert sorted(p.name for p in model_dir.iterdir()) == [trainer.LOCK_FILE]  # nothing written
+
+
+@pytest.mark.fault
+def test_a_failed_checkpoint_write_names_the_checkpoint_to_resume_from(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    variable = tf.Variable(1.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), str(tmp_path), 3)
+    first = trainer.save_checkpoint(manager, 2)
+
+    def disk_full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    def disk_full_midway(prefix, **kwargs):  # as TF leaves a write cut short
+        pathlib.Path(f"{prefix}_temp").mkdir()
+        pathlib.Path(f"{prefix}.index").write_bytes(b"")
+        disk_full()
+
+    monkeypatch.setattr(manager._checkpoint, "_write", disk_full_midway)
+    with pytest.raises(trainer.TrainingError, match=(
+            rf"^could not write checkpoint 4 in {tmp_path}: no space left on the device "
+            rf"\(.* free\)\. Its partial files were removed; the last complete checkpoint is "
+            rf"{first} and a rerun resumes from it\. Free disk space and rerun")):
+        trainer.save_checkpoint(manager, 4)
+    assert tf.train.latest_checkpoint(str(tmp_path)) == first
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == [
+        "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+
+
+def test_only_checkpoints_the_pointer_lists_survive_the_cleanup(tmp_path):
+    import tensorflow as tf
+
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(tmp_path),
+                                         3)
+    manager.save(checkpoint_number=2)
+    (tmp_path / "ckpt-4_temp").mkdir()
+    (tmp_path / "ckpt-4_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
+    (tmp_path / "ckpt-6.data-00000-of-00001").write_bytes(b"x")
+    (tmp_path / "ckpt-6.index").write_bytes(b"")
+    (tmp_path / "ckpt-2_temp").mkdir()  # a failed rewrite of a listed number
+    removed = trainer.remove_incomplete_checkpoints(tmp_path)
+    assert removed == ["ckpt-2_temp", "ckpt-4_temp", "ckpt-6.data-00000-of-00001",
+                       "ckpt-6.index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+    assert trainer.remove_incomplete_checkpoints(tmp_path / "missing") == []

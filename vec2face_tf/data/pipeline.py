@@ -211,7 +211,8 @@ def global_batch_indices(step: tf.Tensor, seed: int, table: tf.Tensor, counts: t
 
 def make_dataset(faces: Faces, resolution: int, identities_per_batch: int,
                  images_per_identity: int, seed: int = 0,
-                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                 input_context: tf.distribute.InputContext | None = None,
+                 start_step: int = 0) -> tf.data.Dataset:
     """An infinite, deterministic dataset of P x K batches.
 
     Args:
@@ -222,6 +223,8 @@ def make_dataset(faces: Faces, resolution: int, identities_per_batch: int,
       seed: the sampling seed; the global batch at step s depends only on (seed, s).
       input_context: under ``distribute_datasets_from_function``; this pipeline then yields,
         for each step, the per-replica batches of its replicas in replica order.
+      start_step: the step of the first batch, so that a resumed run reads the batches an
+        uninterrupted one would.
 
     Returns:
       A dataset of ``(image float32[B, res, res, 3] in [-1, 1], embedding float32[B, D],
@@ -260,7 +263,9 @@ def make_dataset(faces: Faces, resolution: int, identities_per_batch: int,
         images = tf.cast(tf.gather(crops, rows), tf.float32) / 127.5 - 1.0
         return images, tf.gather(embeddings, rows), tf.gather(labels, rows)
 
-    dataset = tf.data.Dataset.counter().map(
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    dataset = tf.data.Dataset.counter(start=start_step * replicas_here).map(
         lambda element: gather(rows_of_element(element)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
@@ -269,7 +274,8 @@ def make_dataset(faces: Faces, resolution: int, identities_per_batch: int,
 
 
 def distribute_dataset(strategy: tf.distribute.Strategy, faces: Faces, resolution: int,
-                       identities_per_batch: int, images_per_identity: int, seed: int = 0):
+                       identities_per_batch: int, images_per_identity: int, seed: int = 0,
+                       start_step: int = 0):
     """The P x K dataset distributed over ``strategy``'s replicas.
 
     Each replica gets P/R whole identities of the global batch that ``make_dataset`` without
@@ -277,7 +283,8 @@ def distribute_dataset(strategy: tf.distribute.Strategy, faces: Faces, resolutio
 
     Args:
       strategy: any tf.distribute strategy.
-      faces, resolution, identities_per_batch, images_per_identity, seed: as make_dataset.
+      faces, resolution, identities_per_batch, images_per_identity, seed, start_step: as
+        make_dataset.
 
     Returns:
       ``strategy.distribute_datasets_from_function(...)``'s distributed dataset.
@@ -290,4 +297,5 @@ def distribute_dataset(strategy: tf.distribute.Strategy, faces: Faces, resolutio
     faces = resize_faces(faces, resolution)  # Once, not in every pipeline.
     return strategy.distribute_datasets_from_function(
         lambda context: make_dataset(faces, resolution, identities_per_batch,
-                                     images_per_identity, seed, input_context=context))
+                                     images_per_identity, seed, input_context=context,
+                                     start_step=start_step))

@@ -84,22 +84,27 @@ def checkpoint_for(parts: DiBiGANParts, **optimizers) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**networks, **optimizers)
 
 
-def per_example_noise(embeddings: tf.Tensor, step: tf.Tensor, noise_dim: int) -> tf.Tensor:
-    """Standard-normal noise that is a pure function of (embedding, step).
+def per_example_seeds(embeddings: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Stateless-random seeds int64[B, 2] that are a pure function of (embedding, step).
 
-    Drawing noise from a stateful generator would give each replica its own stream, so two
-    replicas would not reproduce one replica's losses for the same global batch. Seeding each
-    example from its own embedding and the step makes the noise independent of how the batch
-    is split.
+    Drawing from a stateful generator would give each replica its own stream, so two replicas
+    would not reproduce one replica's losses for the same global batch, and a resumed run
+    would not reproduce an uninterrupted one (the generator's state is not in the
+    checkpoint). Seeding each example from its own embedding and the step makes the draws
+    independent of how the batch is split and of where the run was restarted.
     """
     quantised = tf.cast(tf.round(embeddings * 65536.0), tf.int64)
     weights = tf.range(1, tf.shape(embeddings)[-1] + 1, dtype=tf.int64) * 2654435761
     fingerprints = tf.math.floormod(tf.reduce_sum(quantised * weights, axis=-1), 2**31 - 1)
-    seeds = tf.stack([fingerprints, tf.fill(tf.shape(fingerprints), tf.cast(step, tf.int64))],
-                     axis=-1)
+    return tf.stack([fingerprints, tf.fill(tf.shape(fingerprints), tf.cast(step, tf.int64))],
+                    axis=-1)
+
+
+def per_example_noise(embeddings: tf.Tensor, step: tf.Tensor, noise_dim: int) -> tf.Tensor:
+    """Standard-normal noise float32[B, noise_dim], a pure function of (embedding, step)."""
     return tf.map_fn(
         lambda seed: tf.random.stateless_normal([noise_dim], seed=seed),
-        seeds, fn_output_signature=tf.float32)
+        per_example_seeds(embeddings, step), fn_output_signature=tf.float32)
 
 
 def global_loss(value: tf.Tensor) -> tf.Tensor:
@@ -215,7 +220,9 @@ class FlowStudentTrainer(_PrebuiltModel):
     def train_step(self, data):
         images, embeddings, _ = data
         with tf.GradientTape() as tape:
-            x = flow_lib.BijectiveFlow.preprocess(images, self.num_bits, dequantize=True)
+            x = flow_lib.BijectiveFlow.preprocess(
+                images, self.num_bits, dequantize=True,
+                seed=per_example_seeds(embeddings, self.optimizer.iterations))
             latents, log_det = self.flow.forward(x, training=True)
             bits_per_dim = flow_lib.BijectiveFlow.nll_bits_per_dim(latents, log_det, self.num_bits)
             nll = losses_lib.reduce_per_example(

@@ -169,7 +169,7 @@ class InvertibleConv1x1(keras.layers.Layer):
     W starts as a random rotation (decomposed with ``tf.linalg.lu``).
 
     Args:
-      seed: seeds the initial rotation; None draws a fresh one.
+      seed: seeds the initial rotation; None draws it from numpy's global random state.
     """
 
     def __init__(self, seed: int | None = None, **kwargs):
@@ -198,7 +198,10 @@ class InvertibleConv1x1(keras.layers.Layer):
         self._lower_mask = np.tril(np.ones((channels, channels), np.float32), -1)
 
     def _initial_decomposition(self, channels: int):
-        rng = np.random.default_rng(self.seed)
+        # Without a seed, draw from numpy's global state, which keras.utils.set_random_seed
+        # fixes: a seeded run must start from the same flow in every process.
+        seed = self.seed if self.seed is not None else np.random.randint(2**31)  # noqa: NPY002
+        rng = np.random.default_rng(seed)
         rotation, _ = np.linalg.qr(rng.standard_normal((channels, channels)))
         # Build can run inside a traced function (e.g. a symbolic call); the decomposition is
         # a one-off numpy value, so compute it eagerly.
@@ -360,7 +363,8 @@ class FlowStep(keras.layers.Layer):
 
     Args:
       hidden_channels: width of the coupling's conditioning net.
-      seed: seeds the 1x1 convolution's initial rotation; None draws a fresh one.
+      seed: seeds the 1x1 convolution's initial rotation; None draws it from numpy's global
+        random state.
     """
 
     def __init__(self, hidden_channels: int, seed: int | None = None, **kwargs):
@@ -506,7 +510,8 @@ class BijectiveFlow(keras.Model):
       steps_per_level: flow steps K per level (>= 1).
       hidden_channels: width of each coupling's conditioning net.
       num_bits: bits per channel the data is quantised to (``preprocess``, NLL).
-      seed: seeds the 1x1 convolutions' initial rotations; None draws fresh ones.
+      seed: seeds the 1x1 convolutions' initial rotations; None draws them from numpy's global
+        random state.
       prior: "standard_normal" (latents are the flow's raw outputs) or "learned" (Glow's
         learned prior: a conditional Gaussian on each split latent given the kept channels,
         a learned Gaussian on the top latent; the returned latents are then whitened by it,
@@ -702,8 +707,8 @@ class BijectiveFlow(keras.Model):
           images: float[B, H, W, C] in [-1, 1].
           num_bits: bits kept per channel, 1..8.
           dequantize: add U[0, 1) noise within each bin instead of using its centre.
-          seed: an int or a shape-[2] int tensor for stateless, reproducible noise; None uses
-            the global random state.
+          seed: an int or a shape-[2] int tensor for stateless, reproducible noise, or an
+            int tensor [B, 2] with one seed per image; None uses the global random state.
 
         Returns:
           float32 x in [-0.5, 0.5].
@@ -726,6 +731,10 @@ class BijectiveFlow(keras.Model):
             offset = 0.5
         elif seed is None:
             offset = tf.random.uniform(tf.shape(images))
+        elif isinstance(seed, tf.Tensor) and seed.shape.rank == 2:
+            offset = tf.map_fn(
+                lambda image_seed: tf.random.stateless_uniform(tf.shape(images)[1:], image_seed),
+                seed, fn_output_signature=tf.float32)
         else:
             if isinstance(seed, int):
                 seed = [seed, 0]

@@ -11,37 +11,64 @@ from vec2face_tf.engines.base import Engine
 from vec2face_tf.evaluation.reconstruction import comparison_grid, to_uint8
 
 
-class ReplayBuffer:
+class ReplayBuffer(tf.Module):
     """A bounded FIFO of (generated image, teacher vector) pairs labelled by the engine.
+
+    The pairs live in numpy for sampling and are mirrored in tf.Variables, so that a training
+    checkpoint holds them: a run killed and resumed distils from the same pairs as one that
+    was never stopped, without querying the engine again. Images are kept as the uint8 the
+    engine was shown (a quarter of float32's size in every checkpoint).
 
     Args:
       capacity: the most pairs kept; the oldest leave first.
+      image_shape: (H, W, 3) of the generated images.
+      dim: the engine's vector size.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, image_shape: tuple[int, ...], dim: int):
+        super().__init__(name="replay_buffer")
         if capacity < 1:
             raise ValueError(f"replay buffer capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.images: np.ndarray | None = None
-        self.vectors: np.ndarray | None = None
+        self.images = np.zeros([0, *image_shape], np.uint8)
+        self.vectors = np.zeros([0, dim], np.float32)
+        self.saved_images = tf.Variable(tf.zeros([capacity, *image_shape], tf.uint8),
+                                        trainable=False, name="images")
+        self.saved_vectors = tf.Variable(tf.zeros([capacity, dim]), trainable=False,
+                                         name="vectors")
+        self.saved_size = tf.Variable(0, dtype=tf.int64, trainable=False, name="size")
 
     def __len__(self) -> int:
-        return 0 if self.images is None else len(self.images)
+        return len(self.images)
 
     def add(self, images: np.ndarray, vectors: np.ndarray) -> None:
+        """Appends uint8 images [N, H, W, 3] and their float vectors [N, D]."""
         if len(images) != len(vectors):
             raise ValueError(f"{len(images)} images but {len(vectors)} vectors")
-        if self.images is None:
-            self.images, self.vectors = images[-self.capacity:], vectors[-self.capacity:]
-        else:
-            self.images = np.concatenate([self.images, images])[-self.capacity:]
-            self.vectors = np.concatenate([self.vectors, vectors])[-self.capacity:]
+        if np.asarray(images).dtype != np.uint8:
+            raise ValueError(f"replay images must be uint8, got {np.asarray(images).dtype}")
+        self.images = np.concatenate([self.images, images])[-self.capacity:]
+        self.vectors = np.concatenate([self.vectors, vectors])[-self.capacity:].astype(
+            np.float32)
+        size = len(self.images)
+        padding = self.capacity - size
+        self.saved_images.assign(
+            np.pad(self.images, [(0, padding)] + [(0, 0)] * (self.images.ndim - 1)))
+        self.saved_vectors.assign(np.pad(self.vectors, [(0, padding), (0, 0)]))
+        self.saved_size.assign(size)
+
+    def reload(self) -> None:
+        """Takes the pairs from the variables, after a checkpoint restored them."""
+        size = int(self.saved_size.numpy())
+        self.images = self.saved_images.numpy()[:size]
+        self.vectors = self.saved_vectors.numpy()[:size]
 
     def sample(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draws ``count`` pairs; the images come back as float32 in [-1, 1]."""
         if not len(self):
             raise ValueError("the replay buffer is empty")
         index = rng.choice(len(self), size=count, replace=len(self) < count)
-        return self.images[index], self.vectors[index]
+        return self.images[index].astype(np.float32) / 127.5 - 1.0, self.vectors[index]
 
 
 class StudentRefresh(keras.callbacks.Callback):
@@ -79,18 +106,51 @@ class StudentRefresh(keras.callbacks.Callback):
         self.real_images = np.asarray(real_images, np.float32)
         self.real_embeddings = np.asarray(real_embeddings, np.float32)
         self.every = every
-        self.buffer = ReplayBuffer(buffer_size)
         self.max_queries = max_queries
         self.queries_per_refresh = queries_per_refresh
         self.distill_steps = distill_steps
         self.batch_size = batch_size
         self.center = center
-        self.rng = np.random.default_rng(seed)
-        self.optimizer = keras.optimizers.Adam(learning_rate)
-        self.queries = 0
-        self.refreshes = 0
+        self.seed = seed
+        # Everything a resumed run needs to refresh exactly as an uninterrupted one would:
+        # the counters, the labelled pairs and the student optimizer's moments. The random
+        # draws are seeded from (seed, refresh count), so they need no state of their own.
+        self.state = tf.Module(name="student_refresh")
+        self.state.buffer = ReplayBuffer(buffer_size, self.real_images.shape[1:],
+                                         self.real_embeddings.shape[1])
+        self.state.queries = tf.Variable(0, dtype=tf.int64, trainable=False, name="queries")
+        self.state.refreshes = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                           name="refreshes")
+        self.state.optimizer = keras.optimizers.Adam(learning_rate)
         self.last_gap: tuple[float, float] | None = None
         self._distill_step = None
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        return self.state.buffer
+
+    @property
+    def optimizer(self) -> keras.optimizers.Optimizer:
+        return self.state.optimizer
+
+    @property
+    def queries(self) -> int:
+        """Images sent to the engine over the whole run, resumed runs included."""
+        return int(self.state.queries.numpy())
+
+    @property
+    def refreshes(self) -> int:
+        return int(self.state.refreshes.numpy())
+
+    def build(self, student: keras.Model) -> None:
+        """Creates the student optimizer's variables, so that a checkpoint can restore them.
+
+        Call it inside ``strategy.scope()`` before restoring, like the other optimizers.
+        """
+        self.optimizer.build(student.trainable_variables)
+
+    def on_train_begin(self, logs=None):
+        self.buffer.reload()  # a restored checkpoint filled the variables, not the arrays
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.g_optimizer.iterations.numpy())
@@ -119,32 +179,35 @@ class StudentRefresh(keras.callbacks.Callback):
         budget = min(self.queries_per_refresh, self.max_queries - self.queries)
         if budget <= 0:
             return
-        index = self.rng.choice(len(self.real_embeddings), size=budget,
+        rng = np.random.default_rng([self.seed, self.refreshes])
+        index = rng.choice(len(self.real_embeddings), size=budget,
                                 replace=len(self.real_embeddings) < budget)
         embeddings = self.real_embeddings[index]
-        noise = self.rng.standard_normal(
+        noise = rng.standard_normal(
             (budget, self.model.config.generator.noise_dim)).astype(np.float32)
-        generated = self.model.generator([embeddings, noise], training=False)
-        generated = np.asarray(generated)
-        teacher = self.engine.embed(to_uint8(generated))
-        self.queries += budget
+        generated = to_uint8(np.asarray(self.model.generator([embeddings, noise],
+                                                             training=False)))
+        teacher = self.engine.embed(generated)
+        self.state.queries.assign_add(budget)
         self.buffer.add(generated, teacher)
-        before = self.student_gap(generated, teacher)
-        self._train_student()
-        after = self.student_gap(generated, teacher)
+        # The student sees what the engine saw: the uint8 image.
+        shown = generated.astype(np.float32) / 127.5 - 1.0
+        before = self.student_gap(shown, teacher)
+        self._train_student(rng)
+        after = self.student_gap(shown, teacher)
         self.last_gap = (before, after)
-        self.refreshes += 1
+        self.state.refreshes.assign_add(1)
 
-    def _train_student(self) -> None:
-        student = self.model.student
+    def _train_student(self, rng: np.random.Generator) -> None:
+        if not self.optimizer.built:
+            self.build(self.model.student)
         if self._distill_step is None:
-            self.optimizer.build(student.trainable_variables)
             self._distill_step = tf.function(self._distill_once)
         half = max(1, self.batch_size // 2)
         for _ in range(self.distill_steps):
-            real_index = self.rng.choice(len(self.real_images), size=half,
-                                         replace=len(self.real_images) < half)
-            replay_images, replay_vectors = self.buffer.sample(half, self.rng)
+            real_index = rng.choice(len(self.real_images), size=half,
+                                    replace=len(self.real_images) < half)
+            replay_images, replay_vectors = self.buffer.sample(half, rng)
             images = np.concatenate([self.real_images[real_index], replay_images])
             vectors = np.concatenate([self.real_embeddings[real_index], replay_vectors])
             self._distill_step(tf.constant(images), tf.constant(vectors))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
+import shutil
 
 import keras
 import numpy as np
@@ -19,11 +21,18 @@ from vec2face_tf import config as config_lib
 from vec2face_tf.data import pipeline, prepare, sources
 from vec2face_tf.data.cache import CacheError
 from vec2face_tf.engines import EngineError, get_engine
+from vec2face_tf.filesystem import (
+    error_text,
+    exclusive_lock,
+    free_space_text,
+    is_out_of_space,
+)
 from vec2face_tf.models import dibigan
 from vec2face_tf.training import callbacks as callbacks_lib
 from vec2face_tf.training.strategies import get_strategy
 
 STAGE1_DONE = "stage1.done"
+LOCK_FILE = "train.lock"
 
 
 class TrainingError(ValueError):
@@ -104,6 +113,16 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
     model_path = pathlib.Path(model_dir)
     validate_config(config)
     source = sources.open_source(data)  # raises for a missing or empty folder
+    with exclusive_lock(model_path / LOCK_FILE, lambda holder: TrainingError(
+            f"{model_path} is in use by another training run ({holder}); wait for it to "
+            "finish or use another --model_dir")):
+        return _train_locked(config, source, model_path, cache_dir, strategy_name, workers,
+                             max_images, verbose)
+
+
+def _train_locked(config: config_lib.Config, source: sources.FaceSource,
+                  model_path: pathlib.Path, cache_dir: str | None, strategy_name: str,
+                  workers: int, max_images: int, verbose: int | str) -> TrainResult:
     check_model_dir(model_path, config)
     engine = get_engine(config.engine)
     strategy = get_strategy(strategy_name)
@@ -135,8 +154,18 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
                         identities_per_batch=config.data.identities_per_batch,
                         images_per_identity=config.data.images_per_identity,
                         seed=config.data.seed)
-    dataset = pipeline.distribute_dataset(strategy, train_faces, **dataset_args)
+    preview_count = min(8, len(held_out))
+    real_sample = np.random.default_rng(config.data.seed).choice(
+        len(train_faces), size=min(512, len(train_faces)), replace=False)
+    refresh = callbacks_lib.StudentRefresh(
+        engine, real_images=train_faces.crops[real_sample].astype(np.float32) / 127.5 - 1.0,
+        real_embeddings=train_faces.embeddings[real_sample],
+        every=config.train.refresh_every, buffer_size=config.train.replay_buffer_size,
+        max_queries=config.train.max_engine_queries, center=center, seed=config.train.seed)
 
+    # Initial weights from the seed: a run killed before its first checkpoint restarts from
+    # the same weights, so its result equals an uninterrupted run's.
+    keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
         parts = dibigan.build_parts(config, embedding_dim=engine.dim)
         for network in (parts.generator, parts.discriminator):
@@ -157,14 +186,20 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
                                               beta_2=config.train.beta_2, use_ema=True,
                                               ema_momentum=config.train.ema_momentum))
         gan.build_optimizers()
+        refresh.build(parts.student)
 
-    checkpoint = dibigan.checkpoint_for(parts, stage1_optimizer=stage1.optimizer,
-                                        d_optimizer=gan.d_optimizer, g_optimizer=gan.g_optimizer)
+    optimizers = dict(stage1_optimizer=stage1.optimizer, d_optimizer=gan.d_optimizer,
+                      g_optimizer=gan.g_optimizer)
+    checkpoint = dibigan.checkpoint_for(parts, **optimizers, refresh=refresh.state)
+    removed = remove_incomplete_checkpoints(model_path / "checkpoints")
+    if removed:
+        logging.warning("removed the files of checkpoints that were never completed: %s",
+                        removed)
     manager = tf.train.CheckpointManager(checkpoint, str(model_path / "checkpoints"),
                                          max_to_keep=3)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("restored %s", manager.latest_checkpoint)
+        restore_checkpoint(manager.latest_checkpoint, checkpoint,
+                           dibigan.checkpoint_for(parts, **optimizers))
     else:
         # ActNorm's data-dependent initialisation, once, eagerly and on real faces, so that
         # every replica starts from the same statistics.
@@ -173,24 +208,21 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
             first_images, config.flow.num_bits, dequantize=False))
 
     every = config.train.checkpoint_every
+    def dataset_from(step: tf.Variable):
+        # Batches are a pure function of (seed, step): a resumed stage reads on from its step.
+        return pipeline.distribute_dataset(strategy, train_faces, **dataset_args,
+                                           start_step=int(step.numpy()))
+
     stage1_history: dict = {}
     if not (model_path / STAGE1_DONE).exists():
         stage1_history = fit_stage(
-            stage1, dataset, stage1.optimizer.iterations, config.train.stage1_steps, every,
-            model_path / "backup" / "stage1", verbose, callbacks=[
+            stage1, dataset_from(stage1.optimizer.iterations), stage1.optimizer.iterations,
+            config.train.stage1_steps, every, verbose, callbacks=[
                 CheckpointEvery(manager, stage1.optimizer.iterations, every),
                 keras.callbacks.TensorBoard(str(model_path / "logs" / "stage1"))])
-        manager.save(checkpoint_number=config.train.stage1_steps)
+        save_checkpoint(manager, config.train.stage1_steps)
         (model_path / STAGE1_DONE).write_text("stage 1 finished\n")
 
-    preview_count = min(8, len(held_out))
-    real_sample = np.random.default_rng(config.data.seed).choice(
-        len(train_faces), size=min(512, len(train_faces)), replace=False)
-    refresh = callbacks_lib.StudentRefresh(
-        engine, real_images=train_faces.crops[real_sample].astype(np.float32) / 127.5 - 1.0,
-        real_embeddings=train_faces.embeddings[real_sample],
-        every=config.train.refresh_every, buffer_size=config.train.replay_buffer_size,
-        max_queries=config.train.max_engine_queries, center=center, seed=config.data.seed)
     grids = callbacks_lib.ImageGridLogger(
         engine, held_out.crops[:preview_count], held_out.embeddings[:preview_count],
         log_dir=str(model_path / "logs" / "stage2"), every=config.train.log_every)
@@ -199,23 +231,41 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
                                    config.train.checkpoint_every, offset=stage2_offset)
 
     stage2_history = fit_stage(
-        gan, dataset, gan.g_optimizer.iterations, config.train.stage2_steps, every,
-        model_path / "backup" / "stage2", verbose, callbacks=[
+        gan, dataset_from(gan.g_optimizer.iterations), gan.g_optimizer.iterations,
+        config.train.stage2_steps, every, verbose, callbacks=[
             refresh, grids, checkpointer,
             keras.callbacks.TensorBoard(str(model_path / "logs" / "stage2"))])
-    manager.save(checkpoint_number=stage2_offset + int(gan.g_optimizer.iterations.numpy()))
+    save_checkpoint(manager, stage2_offset + int(gan.g_optimizer.iterations.numpy()))
     engine.close()
     return TrainResult(model_path, stage1_history, stage2_history,
                        engine_queries=refresh.queries + grids.queries)
 
 
+def restore_checkpoint(path: str, checkpoint: tf.train.Checkpoint,
+                       without_refresh: tf.train.Checkpoint) -> None:
+    """Restores a run's latest checkpoint, including one written before the refresh state was.
+
+    Checkpoints from vec2face_tf 0.1 hold no student-refresh state; those resume with an
+    empty replay buffer and a query count of zero, which the log says.
+    """
+    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+    if "refresh" in saved:
+        checkpoint.restore(path).assert_existing_objects_matched()
+    else:
+        without_refresh.restore(path).assert_existing_objects_matched()
+        logging.warning("%s holds no student-refresh state (an older run): the refresh "
+                        "restarts with an empty replay buffer and a zero query count", path)
+    logging.info("restored %s", path)
+
+
 def fit_stage(model: keras.Model, dataset, step: tf.Variable, total_steps: int, every: int,
-              backup_dir: pathlib.Path, verbose, callbacks: list) -> dict:
+              verbose, callbacks: list) -> dict:
     """Fits one stage up to ``total_steps`` in epochs of ``every`` steps, resuming.
 
-    The step counter restored from the checkpoint gives the first epoch; BackupAndRestore,
-    saving at every epoch end, brings back a run killed mid-stage (weights, optimizers and
-    epoch) even under MultiWorkerMirroredStrategy, where every worker must restore together.
+    The step counter restored from the checkpoint gives the first epoch, and ``dataset`` must
+    start at that step. Checkpoints are the only resume state: Keras' BackupAndRestore would
+    be a second copy, written without an atomic rename (a kill mid-write corrupts it) and
+    restored over the newer checkpoint.
 
     Returns:
       The stage's fit history ({} when it was already complete).
@@ -225,16 +275,17 @@ def fit_stage(model: keras.Model, dataset, step: tf.Variable, total_steps: int, 
         return {}
     history = model.fit(
         dataset, initial_epoch=done // every, epochs=total_steps // every,
-        steps_per_epoch=every, verbose=verbose,
-        callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir)), *callbacks])
+        steps_per_epoch=every, verbose=verbose, callbacks=callbacks)
     return history.history
 
 
 class CheckpointEvery(keras.callbacks.Callback):
     """Saves the CheckpointManager every ``every`` optimizer steps.
 
-    TF writes a checkpoint's files first and its index (``checkpoint``) last, so a run killed
-    mid-write restarts from the previous complete checkpoint.
+    TF writes a checkpoint's files first and its index (``checkpoint``) last, with an atomic
+    rename, so a run killed mid-write restarts from the previous complete checkpoint. A write
+    that fails (a full disk) stops the run with a TrainingError naming the checkpoint that
+    the next run resumes from.
 
     Args:
       manager: the run's CheckpointManager.
@@ -254,4 +305,54 @@ class CheckpointEvery(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.step.numpy())
         if step % self.every == 0:
-            self.manager.save(checkpoint_number=self.offset + step)
+            save_checkpoint(self.manager, self.offset + step)
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, number: int) -> str:
+    """``manager.save`` that turns a failed write into a TrainingError with the way out.
+
+    The partial files of the failed checkpoint are removed first (TF leaves them), so the
+    message's free space is what is really left.
+    """
+    try:
+        return manager.save(checkpoint_number=number)
+    except (OSError, tf.errors.OpError) as error:
+        directory = pathlib.Path(manager.directory)
+        remove_incomplete_checkpoints(directory)
+        # From disk, not manager.latest_checkpoint: a failed pointer write has already
+        # changed the manager's idea of the latest one, not the file a rerun reads.
+        previous = tf.train.latest_checkpoint(str(directory))
+        reason = (f"no space left on the device ({free_space_text(directory)})"
+                  if is_out_of_space(error) else error_text(error))
+        resume = (f"the last complete checkpoint is {previous} and a rerun resumes from it"
+                  if previous else "no checkpoint is complete yet, so a rerun starts over")
+        raise TrainingError(
+            f"could not write checkpoint {number} in {directory}: {reason}. Its partial "
+            f"files were removed; {resume}. Free disk space and rerun the same command"
+        ) from error
+
+
+def remove_incomplete_checkpoints(directory: pathlib.Path) -> list[str]:
+    """Deletes the checkpoint files that the ``checkpoint`` pointer file does not list.
+
+    A write cut short (a kill, a full disk) leaves a ``ckpt-N_temp/`` folder, or data next to
+    a missing or empty index. No restore ever reads them, since restores follow the pointer,
+    but they hold up to twice a checkpoint's size. Call it only while holding the run's lock.
+
+    Returns:
+      The names removed.
+    """
+    state = tf.train.get_checkpoint_state(str(directory))
+    listed = {pathlib.Path(path).name
+              for path in (state.all_model_checkpoint_paths if state else [])}
+    removed = []
+    for path in sorted(directory.glob("ckpt-*")):
+        match = re.fullmatch(r"(ckpt-\d+)(_temp.*|\.index|\.data-\d+-of-\d+)", path.name)
+        if match is None or match.group(1) in listed and not match.group(2).startswith("_temp"):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
