@@ -186,3 +186,31 @@ def test_same_decisions_as_dlib_on_faces_dev_pairs(pair_set, dlib_pair_embedding
           f"its accuracy {accuracy:.4f} at threshold {threshold:.4f}; "
           f"embed {seconds * 1000:.0f} ms/image")
     assert agreement >= 0.90
+
+
+def test_the_worker_protocol_carries_arrays_and_json_but_never_a_pickle():
+    import io
+    import pickle
+
+    from vec2face_tf.engines import deepface_worker as protocol
+
+    batch = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    decoded = protocol.decode(protocol.encode(batch))
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, batch)
+    hello = {"ready": True, "input_size": 150, "dim": 128}
+    assert protocol.decode(protocol.encode(hello)) == hello
+    assert protocol.decode(protocol.encode(None)) is None
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(protocol.ProtocolError, match="unknown message kind"):
+        protocol.decode(pickle.dumps(Payload()))
+    with pytest.raises(protocol.ProtocolError, match="cannot send an object array"):
+        protocol.encode(np.array([Payload()], dtype=object))
+    smuggled = io.BytesIO()
+    np.save(smuggled, np.array([Payload()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        protocol.decode(b"a" + smuggled.getvalue())

@@ -5,8 +5,9 @@ whole process, so it is imported only here, in a child started by ``deepface_eng
 ``python -m vec2face_tf.engines.deepface_worker <ModelName>``. This module's top level imports
 no deepface, so the parent may import it for the protocol helpers.
 
-Protocol: each message is an 8-byte big-endian length followed by a pickle. The parent only
-ever unpickles what its own child wrote.
+Protocol: each message is an 8-byte big-endian length, then a payload: ``b"a"`` and an array in
+``.npy`` format (read with ``allow_pickle=False``), or ``b"j"`` and JSON. No pickle: neither side
+can be made to run code by what the other writes.
 - worker -> parent at start: ``{"ready": True, "input_size": int, "dim": int}`` or
   ``{"error": str}`` (then the worker exits).
 - parent -> worker: a uint8[N, S, S, 3] RGB batch; ``None`` asks the worker to exit.
@@ -15,14 +16,17 @@ ever unpickles what its own child wrote.
 
 from __future__ import annotations
 
+import io
+import json
 import os
-import pickle
 import select
 import struct
 import sys
 import time
 import traceback
 from typing import Any
+
+import numpy as np
 
 _HEADER = struct.Struct("!Q")
 
@@ -41,14 +45,14 @@ def write_message(fd: int, message: Any, timeout: float | None = None) -> None:
     Args:
       fd: the writable end of a pipe; make it non-blocking when a timeout matters, since a
         blocking write of more than the pipe buffer waits for the reader.
-      message: any picklable object.
+      message: a numpy array, or a JSON value (dicts of str/int/float/bool, None).
       timeout: seconds to wait for the reader to take the whole message; None waits forever.
 
     Raises:
       ProtocolTimeout: when the timeout expires.
       ProtocolError: when the reader closed the pipe (it died).
     """
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    payload = encode(message)
     remaining = memoryview(_HEADER.pack(len(payload)) + payload)
     deadline = None if timeout is None else time.monotonic() + timeout
     while remaining:
@@ -74,7 +78,7 @@ def read_message(fd: int, timeout: float | None) -> Any:
       timeout: seconds to wait for the whole message; None waits forever.
 
     Returns:
-      The unpickled message.
+      The decoded message.
 
     Raises:
       ProtocolTimeout: when the timeout expires.
@@ -83,7 +87,28 @@ def read_message(fd: int, timeout: float | None) -> Any:
     deadline = None if timeout is None else time.monotonic() + timeout
     header = _read_exactly(fd, _HEADER.size, deadline)
     (length,) = _HEADER.unpack(header)
-    return pickle.loads(_read_exactly(fd, length, deadline))
+    return decode(_read_exactly(fd, length, deadline))
+
+
+def encode(message: Any) -> bytes:
+    """A message's payload: a numpy array as ``.npy``, anything else as JSON."""
+    if isinstance(message, np.ndarray):
+        if message.dtype.hasobject:
+            raise ProtocolError(f"cannot send an object array ({message.dtype})")
+        buffer = io.BytesIO()
+        np.save(buffer, message, allow_pickle=False)
+        return b"a" + buffer.getvalue()
+    return b"j" + json.dumps(message).encode()
+
+
+def decode(payload: bytes) -> Any:
+    """The inverse of ``encode``; refuses anything else."""
+    kind, body = payload[:1], payload[1:]
+    if kind == b"a":
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    if kind == b"j":
+        return json.loads(body)
+    raise ProtocolError(f"unknown message kind {kind!r}")
 
 
 def _read_exactly(fd: int, size: int, deadline: float | None) -> bytes:
@@ -104,7 +129,6 @@ def _read_exactly(fd: int, size: int, deadline: float | None) -> bytes:
 
 def _serve(model_name: str, requests_fd: int, replies_fd: int) -> None:
     # Imported here, in the child only: see the module docstring.
-    import numpy as np
     from deepface import DeepFace
     from deepface.modules import modeling
 
