@@ -701,7 +701,8 @@ class BijectiveFlow(keras.Model):
         """Maps generator-range images to the flow's input space.
 
         Quantises to ``num_bits`` per channel, then either adds uniform dequantisation noise
-        within each bin (training) or takes the bin centre (deterministic).
+        within each bin (training) or takes the bin centre (deterministic). The gradient with
+        respect to ``images`` is that of ``images / 2`` (straight through the quantiser).
 
         Args:
           images: float[B, H, W, C] in [-1, 1].
@@ -739,7 +740,12 @@ class BijectiveFlow(keras.Model):
             if isinstance(seed, int):
                 seed = [seed, 0]
             offset = tf.random.stateless_uniform(tf.shape(images), seed=seed)
-        return (bin_index + offset) / bins - 0.5
+        quantised = (bin_index + offset) / bins - 0.5
+        # Straight through: the value is the quantised one, the gradient the identity's. Floor
+        # has no gradient, so without this the GAN's identity and metric losses, which see
+        # generated faces through the flow, would send nothing back to the generator.
+        continuous = images * 0.5
+        return continuous + tf.stop_gradient(quantised - continuous)
 
     @staticmethod
     def nll_bits_per_dim(latents: Sequence[tf.Tensor], log_det: tf.Tensor,
