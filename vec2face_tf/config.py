@@ -104,6 +104,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0  # Initial weights and the refresh's draws; data sampling uses data.seed.
+    # "mixed_bfloat16" computes G, D and the student in bfloat16 (the flow stays float32):
+    # 1.40x per stage-2 step on this AMX CPU (benchmarks/NOTES.md), quality not yet compared.
+    precision: str = "float32"
 
 
 @dataclasses.dataclass

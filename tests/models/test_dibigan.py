@@ -167,3 +167,26 @@ def test_preprocess_passes_half_the_gradient_straight_through():
     np.testing.assert_allclose(tape.gradient(total, images), 1.5)
     np.testing.assert_allclose(
         x, (np.floor((images.numpy() + 1) * 16).clip(0, 31) + 0.5) / 32 - 0.5, atol=1e-7)
+
+
+def test_mixed_bfloat16_precision_keeps_the_flow_and_all_weights_in_float32():
+    config = config_lib.get_config("smoke", ["train.precision=mixed_bfloat16"])
+    parts = dibigan.build_parts(config, EMBEDDING_DIM)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    for network in (parts.generator, parts.discriminator, parts.student):
+        assert network.compute_dtype == "bfloat16", network.name
+    assert {v.dtype for n in (parts.flow, parts.student, parts.generator, parts.discriminator)
+            for v in n.trainable_variables} == {"float32"}
+    images, vectors, labels = _batches(config, steps=1)
+    x = dibigan.flow_lib.BijectiveFlow.preprocess(images, 5, dequantize=False)
+    parts.flow(x)  # ActNorm's data-dependent initialisation
+    latents, log_det = parts.flow.forward(x)
+    assert log_det.dtype == tf.float32 and all(z.dtype == tf.float32 for z in latents)
+    gan = dibigan.DiBiGAN(parts, config, center=vectors.mean(0), global_batch_size=len(labels))
+    gan.compile(d_optimizer=keras.optimizers.Adam(2e-4), g_optimizer=keras.optimizers.Adam(2e-4))
+    gan.build_optimizers()
+    logs = gan.train_step((tf.constant(images), tf.constant(vectors), tf.constant(labels)))
+    for name in ("d_loss", "g_loss", "identity", "metric"):
+        assert np.isfinite(float(logs[name])), name
+    with pytest.raises(ValueError, match="train.precision='float16'; choose one of"):
+        dibigan.build_parts(config, EMBEDDING_DIM, precision="float16")

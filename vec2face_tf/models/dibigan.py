@@ -41,8 +41,31 @@ class DiBiGANParts:
     discriminator: keras.Model
 
 
-def build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
-    """Builds H, C, G and D for ``config`` at ``config.data.resolution``."""
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def build_parts(config: Config, embedding_dim: int, precision: str | None = None
+                ) -> DiBiGANParts:
+    """Builds H, C, G and D for ``config`` at ``config.data.resolution``.
+
+    Args:
+      config: the run's config.
+      embedding_dim: the engine's D.
+      precision: the Keras dtype policy of C, G and D (default ``config.train.precision``);
+        the flow computes in float32 under any policy, and variables stay float32.
+    """
+    precision = precision or config.train.precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision={precision!r}; choose one of {PRECISIONS}")
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        return _build_parts(config, embedding_dim)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
     resolution = config.data.resolution
     # ActNorm initialises from the first batch it sees, so the flow must not be called on
     # placeholder data here; the trainer calls it on real faces first.
@@ -421,7 +444,9 @@ def load_ema_generator(model_dir: str | pathlib.Path, embedding_dim: int) -> ker
     """The EMA generator of ``model_dir``'s latest checkpoint."""
     model_path = pathlib.Path(model_dir)
     config = config_from_dict(json.loads((model_path / "config.json").read_text()))
-    parts = build_parts(config, embedding_dim)
+    # Exports and evaluation compute in float32 whatever the run trained in (the weights
+    # are float32 either way); TFLite and ONNX converters expect it.
+    parts = build_parts(config, embedding_dim, precision="float32")
     g_optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=config.train.ema_momentum)
     g_optimizer.build(parts.generator.trainable_variables)
     latest = tf.train.latest_checkpoint(str(model_path / "checkpoints"))

@@ -70,6 +70,9 @@ def validate_config(config: config_lib.Config) -> None:
         if every < 1 or getattr(config.train, name) % every:
             raise TrainingError(f"train.{name}={getattr(config.train, name)} must be a multiple "
                                 f"of train.checkpoint_every={every} (one epoch per checkpoint)")
+    if config.train.precision not in dibigan.PRECISIONS:
+        raise TrainingError(f"train.precision={config.train.precision!r}; choose one of "
+                            f"{dibigan.PRECISIONS}")
     if config.data.min_images_per_identity < 2:
         raise TrainingError("data.min_images_per_identity must be >= 2: a positive pair needs "
                             "two photos of one person")
