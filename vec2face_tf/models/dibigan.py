@@ -351,11 +351,29 @@ class DiBiGAN(_PrebuiltModel):
         images, embeddings, labels = data
         step = self.g_optimizer.iterations
         noise = per_example_noise(embeddings, step, self.config.generator.noise_dim)
-        kind = self.config.losses.adversarial
-        batch = self.global_batch_size
+        weights = {name: tf.cast(schedule(step), tf.float32)
+                   for name, schedule in self.weight_schedules.items()}
+        with tf.GradientTape() as g_tape:
+            # One generator forward serves both steps: the D step does not change G, and G has
+            # no random layers, so a second forward would give the same images (1.04-1.09x
+            # per step, benchmarks/NOTES.md).
+            fake_images, fake_scales = self.generator(
+                [embeddings, noise], training=True, return_all_scales=True)
+            with g_tape.stop_recording():
+                d_loss, real_logits = self._discriminator_step(
+                    images, embeddings, tf.stop_gradient(fake_images))
+            # G's objective sees D after its update, as in alternating GAN training.
+            g_terms, student_vectors, fake_logits = self.generator_objective(
+                images, embeddings, labels, fake_images, fake_scales, weights)
+        g_variables = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(
+            zip(g_tape.gradient(g_terms["g_loss"], g_variables), g_variables))
+        return self._track({"d_loss": d_loss, **g_terms}, embeddings, student_vectors,
+                           real_logits, fake_logits, weights)
 
-        # D step.
-        fake_images = self.generator([embeddings, noise], training=True)
+    def _discriminator_step(self, images, embeddings, fake_images) -> tuple[tf.Tensor, tf.Tensor]:
+        """Updates D on real and generated images; returns (D loss, D's logits of the reals)."""
+        kind, batch = self.config.losses.adversarial, self.global_batch_size
         with tf.GradientTape() as d_tape:
             if self.config.losses.r1_gamma > 0:
                 with tf.GradientTape() as r1_tape:
@@ -374,40 +392,44 @@ class DiBiGAN(_PrebuiltModel):
         d_variables = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(
             zip(d_tape.gradient(d_loss, d_variables), d_variables))
+        return d_loss, real_logits
 
-        # G step.
-        weights = {name: tf.cast(schedule(step), tf.float32)
-                   for name, schedule in self.weight_schedules.items()}
-        with tf.GradientTape() as g_tape:
-            fake_images, fake_scales = self.generator(
-                [embeddings, noise], training=True, return_all_scales=True)
-            fake_logits = self.discriminator([fake_images, embeddings], training=True)
-            g_adversarial = losses_lib.generator_adversarial_loss(
-                fake_logits, kind=kind, global_batch_size=batch)
-            fake_latents = self.latents(fake_images)
-            # Mine positives and negatives among the real images of the whole global batch, so
-            # that N replicas see the same triplets as one. Real latents need no gradient.
-            real_latents = [gather_replicas(tf.stop_gradient(z))
-                            for z in self.latents(images)]
-            metric = losses_lib.batch_hard_triplet_loss(
-                fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
-                real_labels=gather_replicas(labels), level_weights=self.level_weights,
-                global_batch_size=batch)
-            student_vectors = self.student(fake_latents, training=False)
-            identity = losses_lib.identity_loss(
-                student_vectors, embeddings, center=self.center, global_batch_size=batch)
-            pixel = self._multiscale_l1(fake_scales, images, weights["scales"])
-            g_loss = (g_adversarial + weights["identity"] * identity
-                      + weights["metric"] * metric + weights["pixel"] * pixel)
-        g_variables = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(
-            zip(g_tape.gradient(g_loss, g_variables), g_variables))
+    def generator_objective(self, images, embeddings, labels, fake_images, fake_scales,
+                            weights) -> tuple[dict, tf.Tensor, tf.Tensor]:
+        """The G step's loss terms for generated ``fake_images`` (call under the G tape).
 
-        cosine = -keras.losses.cosine_similarity(embeddings, student_vectors)
-        values = {"d_loss": d_loss, "g_loss": g_loss, "g_adversarial": g_adversarial,
-                  "identity": identity, "metric": metric, "pixel": pixel}
-        values = {name: global_loss(value) for name, value in values.items()}
-        values.update(student_cosine=cosine, d_real=real_logits, d_fake=fake_logits)
+        Returns:
+          ({"g_loss", "g_adversarial", "identity", "metric", "pixel"}, the student's vectors
+          of the fakes, D's logits of the fakes).
+        """
+        batch = self.global_batch_size
+        fake_logits = self.discriminator([fake_images, embeddings], training=True)
+        g_adversarial = losses_lib.generator_adversarial_loss(
+            fake_logits, kind=self.config.losses.adversarial, global_batch_size=batch)
+        fake_latents = self.latents(fake_images)
+        # Mine positives and negatives among the real images of the whole global batch, so
+        # that N replicas see the same triplets as one. Real latents need no gradient.
+        real_latents = [gather_replicas(tf.stop_gradient(z)) for z in self.latents(images)]
+        metric = losses_lib.batch_hard_triplet_loss(
+            fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
+            real_labels=gather_replicas(labels), level_weights=self.level_weights,
+            global_batch_size=batch)
+        student_vectors = self.student(fake_latents, training=False)
+        identity = losses_lib.identity_loss(
+            student_vectors, embeddings, center=self.center, global_batch_size=batch)
+        pixel = self._multiscale_l1(fake_scales, images, weights["scales"])
+        g_loss = (g_adversarial + weights["identity"] * identity
+                  + weights["metric"] * metric + weights["pixel"] * pixel)
+        return ({"g_loss": g_loss, "g_adversarial": g_adversarial, "identity": identity,
+                 "metric": metric, "pixel": pixel}, student_vectors, fake_logits)
+
+    def _track(self, losses: dict, embeddings, student_vectors, real_logits, fake_logits,
+               weights) -> dict:
+        """Updates the metric trackers with one step's values and returns the logs."""
+        values = {name: global_loss(value) for name, value in losses.items()}
+        values.update(student_cosine=-keras.losses.cosine_similarity(embeddings,
+                                                                     student_vectors),
+                      d_real=real_logits, d_fake=fake_logits)
         for name, value in values.items():
             self.trackers[name].update_state(value)
         for name, tracker in self.weight_trackers.items():
