@@ -41,7 +41,8 @@ EXTRAS_REQUIRE = {
         "mtcnn==1.0.0",
     ],
     # scipy: reference sqrtm in tests; hypothesis: generated bad inputs in the fault tests
-    "dev": ["pytest>=8", "ruff>=0.6", "scipy>=1.11", "hypothesis>=6.100"],
+    "dev": ["pytest>=8", "ruff>=0.6", "scipy>=1.11", "hypothesis>=6.100",
+            "matplotlib>=3.8"],  # matplotlib: the benchmarks' plots
 }
 
 # Binaries live in the top-level train/ and export/ folders (tensorflow/models style) and are

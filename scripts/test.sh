@@ -14,7 +14,12 @@ echo "== ruff"
 
 echo "== pytest"
 # pytest exits 5 when it collected no test; set -e turns that (like any failure) red.
-.venv/bin/python -m pytest -q --durations=15
+.venv/bin/python -m pytest -q --durations=15 -m "not fault"
+
+echo "== pytest -m fault (killed runs, bad data and vectors, full disks, locks)"
+start=$(date +%s)
+.venv/bin/python -m pytest -q --durations=10 -m fault
+echo "fault tests: $(( $(date +%s) - start )) s"
 
 echo "== bazel test (fast unit tests)"
 if ! command -v bazel >/dev/null || [ ! -d /usr/share/bazel/rules/java ]; then
