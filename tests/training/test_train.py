@@ -205,3 +205,29 @@ def test_only_checkpoints_the_pointer_lists_survive_the_cleanup(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
     assert trainer.remove_incomplete_checkpoints(tmp_path / "missing") == []
+
+
+def test_a_checkpoint_without_refresh_state_restores_the_networks(tmp_path, caplog):
+    import keras
+    import tensorflow as tf
+
+    from vec2face_tf.models import dibigan
+    from vec2face_tf.training import callbacks
+
+    config = config_lib.get_config("smoke")
+    keras.utils.set_random_seed(0)
+    parts = dibigan.build_parts(config, 16)
+    old_format = dibigan.checkpoint_for(parts).save(str(tmp_path / "ckpt"))  # as 0.1 wrote
+    saved = [v.numpy().copy() for v in parts.generator.variables]
+    for variable in parts.generator.trainable_variables:
+        variable.assign(tf.zeros_like(variable))
+    refresh = callbacks.StudentRefresh(
+        None, np.zeros((2, 32, 32, 3), np.float32), np.ones((2, 16), np.float32), every=2,
+        buffer_size=4, max_queries=8)
+    trainer.restore_checkpoint(old_format,
+                               dibigan.checkpoint_for(parts, refresh=refresh.state),
+                               dibigan.checkpoint_for(parts))
+    for variable, value in zip(parts.generator.variables, saved, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert refresh.queries == 0 and len(refresh.buffer) == 0
+    assert "holds no student-refresh state" in caplog.text
