@@ -30,23 +30,39 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def on_nth_call(owner, name: str, target: int, action) -> None:
+    """Wraps ``owner.name`` so that its ``target``-th call runs ``action`` first."""
+    original = getattr(owner, name)
+    calls = 0
+
+    def wrapper(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == target:
+            action()
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
 def arm(fault: str) -> None:
     kind, *args = fault.split(":")
     if kind == "none":
         return
     target = int(args[0])
-    writes = 0
+
+    def die_later():
+        threading.Timer(float(args[1]), die).start()
+
     if kind == "step":
         import keras
 
         class KillInStep(keras.callbacks.Callback):
-            steps = 0
-
             def on_train_batch_begin(self, batch, logs=None):
-                KillInStep.steps += 1
-                if KillInStep.steps == target:
-                    threading.Timer(float(args[1]), die).start()
+                pass
 
+        # Step counts run over both stages (two fit calls), so the count lives on the class.
+        on_nth_call(KillInStep, "on_train_batch_begin", target, die_later)
         original_fit = keras.Model.fit
 
         def fit(self, *a, callbacks=(), **k):
@@ -54,38 +70,11 @@ def arm(fault: str) -> None:
 
         keras.Model.fit = fit
     elif kind == "write":
-        original_write = tf.train.Checkpoint._write
-
-        def write(self, *a, **k):
-            nonlocal writes
-            writes += 1
-            if writes == target:
-                threading.Timer(float(args[1]), die).start()
-            return original_write(self, *a, **k)
-
-        tf.train.Checkpoint._write = write
+        on_nth_call(tf.train.Checkpoint, "_write", target, die_later)
     elif kind == "merge":
-        original_merge = gen_io_ops.merge_v2_checkpoints
-
-        def merge(*a, **k):
-            nonlocal writes
-            writes += 1
-            if writes == target:
-                die()
-            return original_merge(*a, **k)
-
-        gen_io_ops.merge_v2_checkpoints = merge
+        on_nth_call(gen_io_ops, "merge_v2_checkpoints", target, die)
     elif kind == "pointer":
-        original_update = checkpoint_management.update_checkpoint_state_internal
-
-        def update(*a, **k):
-            nonlocal writes
-            writes += 1
-            if writes == target:
-                die()
-            return original_update(*a, **k)
-
-        checkpoint_management.update_checkpoint_state_internal = update
+        on_nth_call(checkpoint_management, "update_checkpoint_state_internal", target, die)
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 
