@@ -63,3 +63,12 @@ def test_perfect_reconstruction_passes_every_type1_threshold(world):
     expected = np.max(probes.embeddings @ gallery.embeddings.T, axis=1).mean()
     assert nn["mean_cosine"] == pytest.approx(expected, abs=1e-6)
     assert report["images"].dtype == np.uint8 and report["vectors"].shape == (40, DIM)
+
+
+def test_from_uint8_is_the_inverse_of_to_uint8():
+    from vec2face_tf.evaluation.reconstruction import from_uint8, to_uint8
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    images = from_uint8(pixels)
+    assert images.dtype == np.float32 and images.min() == -1.0 and images.max() == 1.0
+    np.testing.assert_array_equal(to_uint8(images), pixels)

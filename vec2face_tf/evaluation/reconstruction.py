@@ -23,6 +23,11 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def from_uint8(images) -> np.ndarray:
+    """uint8 RGB images to float32 in [-1, 1], the generator's range (``to_uint8``'s inverse)."""
+    return np.asarray(images).astype(np.float32) / 127.5 - 1.0
+
+
 def reconstruct(generator, embeddings: np.ndarray, noise_dim: int,
                 batch_size: int = 64) -> np.ndarray:
     """uint8 reconstructions ``G(x, 0)`` of unit vectors ``x``."""

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from vec2face_tf import losses as losses_lib
 from vec2face_tf.engines.base import Engine
-from vec2face_tf.evaluation.reconstruction import comparison_grid, to_uint8
+from vec2face_tf.evaluation.reconstruction import comparison_grid, from_uint8, to_uint8
 
 
 class ReplayBuffer(tf.Module):
@@ -68,7 +68,7 @@ class ReplayBuffer(tf.Module):
         if not len(self):
             raise ValueError("the replay buffer is empty")
         index = rng.choice(len(self), size=count, replace=len(self) < count)
-        return self.images[index].astype(np.float32) / 127.5 - 1.0, self.vectors[index]
+        return from_uint8(self.images[index]), self.vectors[index]
 
 
 class StudentRefresh(keras.callbacks.Callback):
@@ -191,7 +191,7 @@ class StudentRefresh(keras.callbacks.Callback):
         self.state.queries.assign_add(budget)
         self.buffer.add(generated, teacher)
         # The student sees what the engine saw: the uint8 image.
-        shown = generated.astype(np.float32) / 127.5 - 1.0
+        shown = from_uint8(generated)
         before = self.student_gap(shown, teacher)
         self._train_student(rng)
         after = self.student_gap(shown, teacher)

@@ -21,6 +21,7 @@ from vec2face_tf import config as config_lib
 from vec2face_tf.data import pipeline, prepare, sources
 from vec2face_tf.data.cache import CacheError
 from vec2face_tf.engines import EngineError, get_engine
+from vec2face_tf.evaluation.reconstruction import from_uint8
 from vec2face_tf.filesystem import (
     error_text,
     exclusive_lock,
@@ -161,7 +162,7 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     real_sample = np.random.default_rng(config.data.seed).choice(
         len(train_faces), size=min(512, len(train_faces)), replace=False)
     refresh = callbacks_lib.StudentRefresh(
-        engine, real_images=train_faces.crops[real_sample].astype(np.float32) / 127.5 - 1.0,
+        engine, real_images=from_uint8(train_faces.crops[real_sample]),
         real_embeddings=train_faces.embeddings[real_sample],
         every=config.train.refresh_every, buffer_size=config.train.replay_buffer_size,
         max_queries=config.train.max_engine_queries, center=center, seed=config.train.seed)
