@@ -2,6 +2,7 @@ r"""Aligns and embeds a face dataset once, into the embedding cache that trainin
 
   vec2face-prepare --data=/path/to/faces --cache_dir=/path/to/cache [--engine=dlib]
   vec2face-prepare --data=tfds:lfw --cache_dir=/path/to/cache
+  vec2face-prepare --data=/path/to/faces --cache_dir=/path/to/cache --views=2
 
 ``--data`` is a folder ``<identity>/<image>`` or ``tfds:lfw`` / ``tfds:celeb_a``. Rerunning
 resumes: only photos missing from the cache are processed.
@@ -23,6 +24,10 @@ _MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use only the first N photos
 _MULTIPLE_FACES = flags.DEFINE_enum("multiple_faces", "largest", ["largest", "skip"],
                                     "Photos with several faces: align the largest, or skip.")
 _TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder for tfds: data.")
+_VIEWS = flags.DEFINE_integer("views", 0, "Also embed N augmented views of every face (mirror, "
+                              "then random shift/scale/rotation/colour) for distilling the "
+                              "student; a rerun embeds only views not yet cached.",
+                              lower_bound=0)
 _VERIFY = flags.DEFINE_bool("verify", True, "Check the cache's integrity after the run.")
 flags.mark_flags_as_required(["data", "cache_dir"])
 
@@ -48,7 +53,8 @@ def main(argv):
     try:
         source = open_source(_DATA.value, **options)
         stats = prepare(source, _ENGINE.value, _CACHE_DIR.value, workers=_WORKERS.value,
-                        max_images=_MAX_IMAGES.value, multiple_faces=_MULTIPLE_FACES.value)
+                        max_images=_MAX_IMAGES.value, multiple_faces=_MULTIPLE_FACES.value,
+                        views=_VIEWS.value)
     except (SourceError, CacheError, EngineError) as error:
         sys.exit(f"error: {error}")
     print(json.dumps(stats.to_dict(), indent=2, sort_keys=True))

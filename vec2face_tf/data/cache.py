@@ -105,7 +105,8 @@ class EmbeddingCache:
     """One engine's and one crop's cache folder."""
 
     def __init__(self, cache_dir: str | os.PathLike, engine_name: str,
-                 crop: CropSpec = DEFAULT_CROP, dim: int | None = None):
+                 crop: CropSpec = DEFAULT_CROP, dim: int | None = None,
+                 table: str | None = None):
         """Opens (without creating) the cache of ``engine_name`` and ``crop``.
 
         Args:
@@ -113,6 +114,8 @@ class EmbeddingCache:
           engine_name: ``Engine.name`` of the engine whose vectors are cached.
           crop: the crop spec of the cached crops.
           dim: the engine's vector size; checked against meta.json when both are known.
+          table: a named table beside the photos (``"views"``: augmented views of them), in
+            a subfolder of the same layout; None is the photos themselves.
 
         Raises:
           CacheError: when the folder's meta.json names another engine, crop or dim.
@@ -121,6 +124,12 @@ class EmbeddingCache:
         self.engine_name = engine_name
         self.crop = crop
         self.directory = self.root / engine_slug(engine_name) / crop.key
+        if table is not None:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", table):
+                raise CacheError(f"cache table name {table!r} must be lowercase letters, "
+                                 "digits and _")
+            self.directory = self.directory / table
+        self.table = table
         self.dim = dim
         meta = self.read_meta()
         if meta is not None:

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from vec2face_tf.data.sources import (
     decode_image,
     open_source,
 )
+from vec2face_tf.data.views import VIEWS_TABLE, render_view, view_key, view_params
 
 ENGINE_ERROR = "engine_error"
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -61,6 +62,10 @@ class PrepareStats:
       ignored_files: files in the source folder that are not photos by extension or place.
       seconds: wall time of the run, worker start-up included.
       startup_seconds: of which, until the engine was loaded and answering.
+      views_embedded: augmented views embedded in this run (``views`` > 0).
+      views_cached: views found in the cache, not embedded again.
+      views_seconds: of ``seconds``, the time spent on views.
+      cache_views: views in the whole cache after the run.
     """
 
     cache_dir: str
@@ -74,6 +79,10 @@ class PrepareStats:
     ignored_files: int = 0
     seconds: float = 0.0
     startup_seconds: float = 0.0
+    views_embedded: int = 0
+    views_cached: int = 0
+    views_seconds: float = 0.0
+    cache_views: int = 0
 
     @property
     def processed(self) -> int:
@@ -91,9 +100,12 @@ class PrepareStats:
 
     def summary(self) -> str:
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+        views = (f"; views: {self.views_embedded} embedded, {self.views_cached} already cached "
+                 f"({self.cache_views} in all, {self.views_seconds:.0f} s)"
+                 if self.views_embedded or self.views_cached else "")
         return (f"{self.seen} photos: {self.embedded} embedded, {self.already_cached} already "
                 f"cached, skipped {skipped}; {self.images_per_second:.1f} images/s; cache "
-                f"{self.cache_dir} now holds {self.cache_faces} faces")
+                f"{self.cache_dir} now holds {self.cache_faces} faces{views}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +114,14 @@ class _Task:
     key: str
     identity: str
     data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class _ViewTask:
+    hash: str
+    key: str
+    identity: str
+    crop: np.ndarray
 
 
 # Per-process state of a worker (or of the calling process when workers=0).
@@ -170,6 +190,25 @@ def _process(tasks: list[_Task]) -> list[tuple[_Task, str, np.ndarray | None, np
     return outcomes
 
 
+def _embed_views(tasks: list[_ViewTask]) -> list[tuple[_ViewTask, str, np.ndarray | None,
+                                                       np.ndarray | None]]:
+    """Embeds already rendered views (no decoding or alignment); same outcomes as _process."""
+    from vec2face_tf.engines import EngineError
+
+    engine = _WORKER["engine"]
+    try:
+        vectors = list(engine.embed(np.stack([task.crop for task in tasks])))
+    except EngineError:
+        vectors = []
+        for task in tasks:
+            try:
+                vectors.append(engine.embed(task.crop[None])[0])
+            except EngineError:
+                vectors.append(None)
+    return [(task, "ok", task.crop, np.asarray(vector, np.float32)) if vector is not None
+            else (task, ENGINE_ERROR, None, None) for task, vector in zip(tasks, vectors)]
+
+
 class _Runner:
     """Runs chunks in worker processes (ordered, bounded) or in the calling process."""
 
@@ -197,15 +236,15 @@ class _Runner:
                 "that calls prepare() must do so under `if __name__ == '__main__':`; their "
                 "own error is printed above") from error
 
-    def run(self, chunks: Iterator[list[_Task]]) -> Iterator[list]:
-        """Yields each chunk's outcomes in submission order."""
+    def run(self, chunks: Iterator[list], function: Callable = _process) -> Iterator[list]:
+        """Yields ``function``'s outcomes for each chunk, in submission order."""
         if self._executor is None:
             for chunk in chunks:
-                yield _process(chunk)
+                yield function(chunk)
             return
         window = 4 * self.workers  # Bounded, so a huge source is never read all at once.
         for chunk in chunks:
-            self._pending.append(self._executor.submit(_process, chunk))
+            self._pending.append(self._executor.submit(function, chunk))
             if len(self._pending) >= window:
                 yield self._pending.popleft().result()
         while self._pending:
@@ -223,7 +262,7 @@ def prepare(source: FaceSource | str, engine_spec: str, cache_dir: str | os.Path
             crop: CropSpec = DEFAULT_CROP, workers: int = 2, max_images: int = 0,
             batch_size: int = 8, shard_size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS,
             multiple_faces: str = "largest", engine_options: dict | None = None,
-            progress: bool = True) -> PrepareStats:
+            progress: bool = True, views: int = 0) -> PrepareStats:
     """Aligns and embeds every photo of ``source`` once, writing the embedding cache.
 
     A rerun resumes: files whose key or content is already in the cache are not decoded
@@ -245,6 +284,8 @@ def prepare(source: FaceSource | str, engine_spec: str, cache_dir: str | os.Path
       multiple_faces: the aligner's policy, ``"largest"`` or ``"skip"``.
       engine_options: keyword options for ``get_engine``.
       progress: show a tqdm progress bar and print the summary.
+      views: also embed this many augmented views of every cached face (``data.views``),
+        into the cache's ``views`` table; views already there are not embedded again.
 
     Returns:
       The run's PrepareStats (also saved, with whole-cache counts, as stats.json).
@@ -255,10 +296,11 @@ def prepare(source: FaceSource | str, engine_spec: str, cache_dir: str | os.Path
         (a full disk); the shards written before stay valid and a rerun resumes after them.
       ValueError: for bad numeric arguments.
     """
-    if workers < 0 or max_images < 0 or batch_size < 1 or shard_size < 1 or max_pixels < 1:
+    if (workers < 0 or max_images < 0 or batch_size < 1 or shard_size < 1 or max_pixels < 1
+            or views < 0):
         raise ValueError(f"need workers >= 0, max_images >= 0, batch_size >= 1, shard_size "
-                         f">= 1, max_pixels >= 1; got {workers}, {max_images}, {batch_size}, "
-                         f"{shard_size}, {max_pixels}")
+                         f">= 1, max_pixels >= 1, views >= 0; got {workers}, {max_images}, "
+                         f"{batch_size}, {shard_size}, {max_pixels}, {views}")
     started = time.perf_counter()
     if isinstance(source, str):
         source = open_source(source)
@@ -275,6 +317,15 @@ def prepare(source: FaceSource | str, engine_spec: str, cache_dir: str | os.Path
                                  ignored_files=len(source.ignored_files()),
                                  startup_seconds=startup_seconds)
             _run(source, cache, runner, stats, max_images, batch_size, shard_size, progress)
+            if views:
+                views_started = time.perf_counter()
+                view_cache = EmbeddingCache(cache_dir, engine_name, crop, dim=dim,
+                                            table=VIEWS_TABLE)
+                view_cache.write_meta(source_spec=source.spec)
+                _run_views(cache, view_cache, runner, stats, views, batch_size, shard_size,
+                           progress)
+                stats.views_seconds = time.perf_counter() - views_started
+                stats.cache_views = sum(len(shard) for shard in _face_counts(view_cache))
             stats.seconds = time.perf_counter() - started
             stats.cache_skipped = cache.reason_counts()
             stats.cache_faces = sum(len(shard) for shard in _face_counts(cache))
@@ -389,3 +440,67 @@ def _run(source: FaceSource, cache: EmbeddingCache, runner: _Runner, stats: Prep
             flush(force=True)
         stats.skipped = dict(sorted(counts.items()))
         bar.close()
+
+
+def _run_views(cache: EmbeddingCache, view_cache: EmbeddingCache, runner: _Runner,
+               stats: PrepareStats, views: int, batch_size: int, shard_size: int,
+               progress: bool) -> None:
+    """Embeds views 1..``views`` of every face in ``cache`` that ``view_cache`` lacks.
+
+    A view is rendered (cheap) before the cache is asked, because its content hash is its
+    key; only views whose hash is new go to the engine. Shards are written as they fill and,
+    on Ctrl-C, what is finished is written first, as for photos.
+    """
+    from tqdm import tqdm
+
+    view_cache._remove_partial_shards()
+    done, _ = view_cache.index()
+    pending: list[FaceEntry] = []
+    failed: Counter = Counter()
+    bar = tqdm(total=sum(len(h) for h in _face_counts(cache)) * views, unit="view",
+               disable=not progress, dynamic_ncols=True, desc="views")
+
+    def chunks() -> Iterator[list[_ViewTask]]:
+        chunk: list[_ViewTask] = []
+        for path in cache.shard_paths():  # One shard in memory at a time.
+            with np.load(path, allow_pickle=False) as shard:
+                tables = {name: shard[name] for name in ("hashes", "keys", "identities",
+                                                         "crops")}
+            for photo_hash, key, identity, crop in zip(*tables.values()):
+                for index in range(1, views + 1):
+                    view = render_view(crop, view_params(str(photo_hash), index))
+                    digest = content_hash(view.tobytes())
+                    if digest in done:
+                        stats.views_cached += 1
+                        bar.update()
+                        continue
+                    done[digest] = view_key(str(key), index)
+                    chunk.append(_ViewTask(digest, done[digest], str(identity), view))
+                    if len(chunk) >= batch_size:
+                        yield chunk
+                        chunk = []
+        if chunk:
+            yield chunk
+
+    write_failed = False
+    try:
+        for outcomes in runner.run(chunks(), _embed_views):
+            for task, reason, view, vector in outcomes:
+                if reason == "ok":
+                    pending.append(FaceEntry(task.hash, task.key, task.identity, view, vector))
+                    stats.views_embedded += 1
+                else:
+                    failed[reason] += 1
+            bar.update(len(outcomes))
+            bar.set_postfix(embedded=stats.views_embedded)
+            if len(pending) >= shard_size:
+                write_failed = True
+                view_cache.write_shard(pending, [])
+                write_failed = False
+                pending.clear()
+    finally:
+        if not write_failed:
+            view_cache.write_shard(pending, [])
+        bar.close()
+        for reason, count in failed.items():
+            stats.skipped[f"view_{reason}"] = count
