@@ -309,6 +309,66 @@ def distillation_loss(student_vectors: tf.Tensor, teacher_vectors: tf.Tensor,
     return reduce_per_example(per_example, reduction, global_batch_size)
 
 
+def relational_cosine_loss(student_vectors: tf.Tensor, teacher_vectors: tf.Tensor,
+                           center: tf.Tensor | None = None) -> tf.Tensor:
+    """Relational distillation: match the batch's pairwise (centred) cosines.
+
+    ``mean_{i != j} (cos(s_i - c, s_j - c) - cos(f_i - c, f_j - c))^2``. Where the angular
+    loss matches each vector to its own teacher, this term matches how far apart the student
+    puts two faces to how far apart the engine puts them, which is what a verification
+    threshold reads.
+
+    Args:
+      student_vectors: float[B, D], the student's outputs, B >= 2.
+      teacher_vectors: float[B, D], the engine's features of the same images.
+      center: optional float[D], subtracted from both before the cosines.
+
+    Returns:
+      A float32 scalar in [0, 4]: the mean over the B (B - 1) ordered pairs of the batch.
+      (Each replica computes it over its own share of a distributed batch.)
+
+    Raises:
+      ValueError: for inputs that are not [B, D] with matching shapes, or B < 2.
+    """
+    student = _as_float32(student_vectors)
+    teacher = _as_float32(teacher_vectors)
+    _check_compatible(student, teacher, "student_vectors", "teacher_vectors")
+    if student.shape.rank != 2:
+        raise ValueError(f"student_vectors must have shape [B, D], got {student.shape}")
+    if student.shape[0] is not None and student.shape[0] < 2:
+        raise ValueError("the relational loss needs at least 2 vectors per batch, got "
+                         f"{student.shape[0]}")
+    if center is not None:
+        center = _as_float32(center)
+        student, teacher = student - center, teacher - center
+    student = tf.math.l2_normalize(student, axis=1)
+    teacher = tf.math.l2_normalize(teacher, axis=1)
+    difference = (tf.matmul(student, student, transpose_b=True)
+                  - tf.matmul(teacher, teacher, transpose_b=True))
+    batch = tf.cast(tf.shape(student)[0], tf.float32)
+    # The diagonal is 1 - 1 = 0 up to rounding; it is left out of the count, not the sum.
+    off_diagonal = 1.0 - tf.eye(tf.shape(student)[0])
+    return tf.reduce_sum(tf.square(difference) * off_diagonal) / (batch * (batch - 1.0))
+
+
+def centred_cosine(student_vectors: tf.Tensor, teacher_vectors: tf.Tensor,
+                   center: tf.Tensor) -> tf.Tensor:
+    """``cos(unit(unit(s) - m), unit(unit(f) - m))`` per row: agreement beyond the mean face.
+
+    Args:
+      student_vectors: float[B, D] (normalised here).
+      teacher_vectors: float[B, D] (normalised here).
+      center: float[D], the mean engine vector of the training photos.
+
+    Returns:
+      float32[B].
+    """
+    student = tf.math.l2_normalize(_as_float32(student_vectors), axis=1)
+    teacher = tf.math.l2_normalize(_as_float32(teacher_vectors), axis=1)
+    center = _as_float32(center)
+    return _cosine(student - center, teacher - center, "student_vectors", "teacher_vectors")
+
+
 def l1_reconstruction_loss(generated: tf.Tensor, real: tf.Tensor,
                            reduction: str = "sum_over_batch_size",
                            global_batch_size: int | tf.Tensor | None = None) -> tf.Tensor:

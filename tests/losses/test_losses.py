@@ -367,3 +367,37 @@ def test_identity_loss_with_center_golden():
     loss = losses.identity_loss(tf.constant([[1.0, 1.0]]), tf.constant([[1.0, 0.0]]),
                                 center=tf.constant([0.0, 1.0]), reduction="none")
     np.testing.assert_allclose(loss.numpy(), [0.29289322], atol=1e-6)
+
+
+def test_relational_cosine_loss_golden():
+    # Student pairs at 90 degrees, teacher pairs at 60 degrees (cos 0.5): every one of the
+    # 2 ordered off-diagonal pairs differs by 0.5, so the loss is 0.25.
+    student = tf.constant([[1.0, 0.0], [0.0, 2.0]])
+    teacher = tf.constant([[1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+    assert float(losses.relational_cosine_loss(student, teacher)) == pytest.approx(0.25,
+                                                                                   rel=1e-5)
+    # Equal geometry, whatever the rotation between the two spaces: zero.
+    rotation = np.array([[0.0, -1.0], [1.0, 0.0]], np.float32)
+    assert float(losses.relational_cosine_loss(teacher @ rotation, teacher)) == \
+        pytest.approx(0.0, abs=1e-6)
+    # Three vectors, with a centre: hand-computed mean of the six squared differences.
+    student = np.array([[2.0, 1.0], [1.0, 2.0], [1.0, 1.0]], np.float32)
+    teacher = np.array([[1.0, 2.0], [2.0, 1.0], [2.0, 2.0]], np.float32)
+    center = np.array([1.0, 1.0], np.float32)
+    # Centred: student (1,0), (0,1), (0,0); teacher (0,1), (1,0), (1,1). A zero row
+    # normalises to zero (cosine 0). Student cosines: s01 = 0, s02 = s12 = 0; teacher
+    # cosines: t01 = 0, t02 = t12 = 1/sqrt(2); mean over 6 ordered pairs = 4 * 0.5 / 6.
+    assert float(losses.relational_cosine_loss(student, teacher, center=center)) == \
+        pytest.approx(4 * 0.5 / 6, rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2 vectors"):
+        losses.relational_cosine_loss(student[:1], teacher[:1])
+
+
+def test_centred_cosine_golden():
+    # After normalising, (3, 4) -> (0.6, 0.8) and (4, 3) -> (0.8, 0.6); minus the centre
+    # (0.6, 0.6) they are (0, 0.2) and (0.2, 0): orthogonal, so 0, while the raw cosine is
+    # 0.96. Against itself, 1.
+    student = tf.constant([[3.0, 4.0], [3.0, 4.0]])
+    teacher = tf.constant([[4.0, 3.0], [30.0, 40.0]])
+    np.testing.assert_allclose(
+        losses.centred_cosine(student, teacher, tf.constant([0.6, 0.6])), [0.0, 1.0], atol=1e-6)
