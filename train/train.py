@@ -3,6 +3,7 @@ r"""Trains DiBiGAN against a blackbox engine.
   vec2face-train --preset=cpu64 --data=/path/to/faces --engine=dlib --model_dir=runs/dlib64
   vec2face-train --preset=smoke --data=tfds:lfw --model_dir=/tmp/smoke
   vec2face-train --flagfile=run.flags --config=generator.base_channels=128
+  vec2face-train --data=faces-dev --extra_data=faces-extra --model_dir=runs/s --stage=student
 
 Rerunning with the same --model_dir resumes from its latest checkpoint.
 """
@@ -20,7 +21,17 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Embedding cache (default <m
 _STRATEGY = flags.DEFINE_enum("strategy", "default",
                               ["default", "mirrored", "multiworker", "onedevice"],
                               "tf.distribute strategy.")
-_STAGE1_STEPS = flags.DEFINE_integer("stage1_steps", None, "Flow + student steps.",
+_STAGE = flags.DEFINE_enum("stage", "all", ["all", "student"],
+                           "all: every stage; student: only the distillation of the image "
+                           "student (student.kind=image), then stop.")
+_EXTRA_DATA = flags.DEFINE_multi_string(
+    "extra_data", [], "More photo folders (no identity pairs needed, e.g. faces-extra) that "
+    "only the image student distils from.")
+_EXTRA_CACHE_DIR = flags.DEFINE_string("extra_cache_dir", None,
+                                       "Cache of --extra_data (default <model_dir>/cache-extra).")
+_STUDENT_STEPS = flags.DEFINE_integer("student_steps", None, "Image student distillation "
+                                      "steps.", lower_bound=0)
+_STAGE1_STEPS = flags.DEFINE_integer("stage1_steps", None, "Flow (+ flow student) steps.",
                                      lower_bound=0)
 _STAGE2_STEPS = flags.DEFINE_integer("stage2_steps", None, "GAN steps.", lower_bound=0)
 _CONFIG = flags.DEFINE_multi_string("config", [], "Config override section.field=value.")
@@ -39,6 +50,8 @@ def main(argv):
     overrides = list(_CONFIG.value)
     if _ENGINE.value:
         overrides.append(f"engine={_ENGINE.value}")
+    if _STUDENT_STEPS.value is not None:
+        overrides.append(f"train.student_steps={_STUDENT_STEPS.value}")
     if _STAGE1_STEPS.value is not None:
         overrides.append(f"train.stage1_steps={_STAGE1_STEPS.value}")
     if _STAGE2_STEPS.value is not None:
@@ -47,7 +60,8 @@ def main(argv):
         config = config_lib.get_config(_PRESET.value, overrides)
         result = trainer.train(config, _DATA.value, _MODEL_DIR.value, cache_dir=_CACHE_DIR.value,
                                strategy_name=_STRATEGY.value, workers=_WORKERS.value,
-                               max_images=_MAX_IMAGES.value)
+                               max_images=_MAX_IMAGES.value, extra_data=_EXTRA_DATA.value,
+                               extra_cache_dir=_EXTRA_CACHE_DIR.value, stage=_STAGE.value)
     except trainer.EXPECTED_ERRORS as error:
         sys.exit(f"error: {error}")
     print(f"trained: {result.model_dir} (engine queries: {result.engine_queries})")

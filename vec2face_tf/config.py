@@ -53,8 +53,22 @@ class FlowConfig:
 
 @dataclasses.dataclass
 class StudentConfig:
-    hidden_units: int = 256
+    # "image": a residual CNN over the face, distilled in its own stage before the GAN
+    # (DESIGN §1 item 3, revised); "flow": the paper's head C over the flow latents (ablation).
+    kind: str = "image"
     dropout: float = 0.1
+    hidden_units: int = 256  # kind=flow: the head's dense width.
+    width: int = 32  # kind=image: channels of the first stage, doubled per stage.
+    blocks: tuple[int, ...] = (2, 2, 2, 2)  # kind=image: residual blocks per stage.
+    # The distillation stage (kind=image).
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 200
+    relational_weight: float = 0.0  # weight of the pairwise-cosine (relational) term.
+    views: int = 2  # augmented views per photo embedded by the engine (prepare --views).
+    eval_every: int = 250  # held-out agreement is measured and logged every N steps.
+    eval_faces: int = 1024  # at most this many held-out (and training) faces are measured.
 
 
 @dataclasses.dataclass
@@ -90,6 +104,7 @@ class ScheduleConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    student_steps: int = 12000  # the distillation stage (student.kind=image).
     stage1_steps: int = 2000
     stage2_steps: int = 20000
     generator_lr: float = 2e-4
@@ -140,11 +155,12 @@ def _smoke() -> Config:
         data=DataConfig(resolution=32, identities_per_batch=4, images_per_identity=2,
                         holdout_identities=4),
         flow=FlowConfig(levels=2, steps_per_level=2, hidden_channels=16),
-        student=StudentConfig(hidden_units=32),
+        student=StudentConfig(hidden_units=32, width=4, blocks=(1, 1), batch_size=8,
+                              warmup_steps=2, views=1, eval_every=2, eval_faces=16),
         generator=GeneratorConfig(noise_dim=8, base_channels=32, min_channels=8),
         discriminator=DiscriminatorConfig(base_channels=8, max_channels=32),
         schedule=ScheduleConfig(tau=5.0),
-        train=TrainConfig(stage1_steps=4, stage2_steps=4, refresh_every=2,
+        train=TrainConfig(student_steps=4, stage1_steps=4, stage2_steps=4, refresh_every=2,
                           replay_buffer_size=32, max_engine_queries=256,
                           checkpoint_every=2, log_every=1),
     )
@@ -159,10 +175,10 @@ def _paper128() -> Config:
         preset="paper128",
         data=DataConfig(resolution=128, identities_per_batch=16, images_per_identity=4),
         flow=FlowConfig(levels=4, steps_per_level=16, hidden_channels=256),
-        student=StudentConfig(hidden_units=512),
+        student=StudentConfig(hidden_units=512, width=64, batch_size=128),
         generator=GeneratorConfig(noise_dim=128, base_channels=512, min_channels=64),
         discriminator=DiscriminatorConfig(base_channels=64, max_channels=512),
-        train=TrainConfig(stage1_steps=20000, stage2_steps=200000),
+        train=TrainConfig(student_steps=60000, stage1_steps=20000, stage2_steps=200000),
     )
 
 

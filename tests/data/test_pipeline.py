@@ -9,7 +9,9 @@ from vec2face_tf.data.cache import EmbeddingCache, FaceEntry
 from vec2face_tf.data.pipeline import (
     Faces,
     load_faces,
+    load_views,
     make_dataset,
+    make_distillation_dataset,
     resize_faces,
     split_by_identity,
 )
@@ -175,3 +177,68 @@ def test_dataset_is_infinite_and_graph_friendly():
     assert dataset.cardinality() == tf.data.INFINITE_CARDINALITY
     spec = dataset.element_spec
     assert spec[0].shape == (4, 8, 8, 3) and spec[1].shape == (4, DIM) and spec[2].shape == (4,)
+
+
+def _distillation_data(count=10):
+    crops = np.broadcast_to(np.arange(count, dtype=np.uint8)[:, None, None, None] * 7,
+                            (count, 4, 4, 3)).copy()
+    vectors = np.eye(count, DIM, dtype=np.float32) + 0.1
+    return crops, vectors
+
+
+def test_distillation_batches_read_every_example_once_per_epoch():
+    crops, vectors = _distillation_data(10)
+    # 4 per batch over 10 examples: steps 0-4 are exactly two epochs.
+    read = batches(make_distillation_dataset(crops, vectors, 4, seed=3), 5)
+    rows = np.concatenate([rows_of(images) for images, _ in read])
+    assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:]) == list(range(10))
+    assert list(rows[:10]) != list(rows[10:])  # a fresh order each epoch
+    for images, embeddings in read:
+        assert images.dtype == np.float32 and images.min() >= -1 and images.max() <= 1
+        np.testing.assert_array_equal(embeddings, vectors[rows_of(images)])
+
+
+def test_distillation_batches_are_a_function_of_seed_and_step():
+    crops, vectors = _distillation_data(10)
+    whole = batches(make_distillation_dataset(crops, vectors, 4, seed=3), 6)
+    resumed = batches(make_distillation_dataset(crops, vectors, 4, seed=3, start_step=4), 2)
+    for a, b in zip(whole[4:], resumed):
+        np.testing.assert_array_equal(a[0], b[0])
+    other = batches(make_distillation_dataset(crops, vectors, 4, seed=4), 1)
+    assert list(rows_of(other[0][0])) != list(rows_of(whole[0][0]))
+    # Two replicas on one pipeline: consecutive halves of each global batch.
+    local = batches(make_distillation_dataset(crops, vectors, 4, seed=3,
+                                              input_context=FakeContext(1, 0, 2)), 4)
+    for step in range(2):
+        for replica in range(2):
+            np.testing.assert_array_equal(local[2 * step + replica][0],
+                                          whole[step][0][2 * replica:2 * replica + 2])
+
+
+def test_bad_distillation_arguments_are_refused():
+    crops, vectors = _distillation_data(4)
+    with pytest.raises(ValueError, match="as many vectors as faces"):
+        make_distillation_dataset(crops, vectors[:3], 2)
+    with pytest.raises(ValueError, match="larger than the 4 faces"):
+        make_distillation_dataset(crops, vectors, 8)
+    with pytest.raises(ValueError, match="multiple of the 3 replicas"):
+        make_distillation_dataset(crops, vectors, 4, input_context=FakeContext(1, 0, 3))
+
+
+def test_load_views_reads_the_views_table_and_keeps_the_first_views(tmp_path):
+    from vec2face_tf.data.views import VIEWS_TABLE, view_key
+
+    crop = CropSpec(size=12)
+    assert len(load_views(tmp_path, "fake", crop)) == 0  # none prepared yet
+    cache = EmbeddingCache(tmp_path, "fake", crop, dim=2, table=VIEWS_TABLE)
+    cache.write_meta()
+    cache.write_shard([FaceEntry(f"{i:064x}", view_key(f"bea/{i // 3}.jpg", 1 + i % 3), "bea",
+                                 np.full((12, 12, 3), i, np.uint8),
+                                 np.array([1.0, 0.0], np.float32)) for i in range(6)], [])
+    assert len(load_views(tmp_path, "fake", crop)) == 6
+    first_two = load_views(tmp_path, "fake", crop, resolution=6, max_view=2)
+    assert len(first_two) == 4 and first_two.crops.shape == (4, 6, 6, 3)
+    assert list(first_two.identity_names) == ["bea"]
+    # The photos' own table is a different folder: it does not see the views.
+    with pytest.raises(Exception, match="no shards"):
+        load_faces(tmp_path, "fake", crop)

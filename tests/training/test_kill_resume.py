@@ -3,8 +3,10 @@ and the run ends with exactly the weights of a run that was never stopped.
 
 The design makes exact equality possible: initial weights come from ``train.seed``, batches and
 noise are pure functions of the step, and everything else that changes during training (the
-networks, the three optimizers, the EMA, dropout's seed state, the student refresh's replay
-buffer, its optimizer and its query count) is in the checkpoint.
+networks, batch-norm statistics, the four optimizers, the student stage's learning-rate step,
+the EMA, dropout's seed state, the student refresh's replay buffer, its optimizer and its query
+count) is in the checkpoint. The kills land in all three stages: the image student's
+distillation, the flow's stage 1 and the GAN's stage 2.
 """
 
 import os
@@ -21,8 +23,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-STAGE1_STEPS, STAGE2_STEPS, EVERY = 4, 6, 2
-FLAGS = ["--preset=smoke", "--workers=0", f"--stage1_steps={STAGE1_STEPS}",
+STUDENT_STEPS, STAGE1_STEPS, STAGE2_STEPS, EVERY = 4, 4, 6, 2
+FLAGS = ["--preset=smoke", "--workers=0", f"--student_steps={STUDENT_STEPS}",
+         f"--stage1_steps={STAGE1_STEPS}",
          f"--stage2_steps={STAGE2_STEPS}", f"--config=train.checkpoint_every={EVERY}"]
 HARNESS = pathlib.Path(__file__).with_name("killable_train.py")
 SEED = 20261126
@@ -33,11 +36,13 @@ def latest(model_dir: pathlib.Path) -> str | None:
 
 
 def steps_done(checkpoint: str | None) -> int:
-    """Training steps behind a checkpoint: stage 2's are numbered after stage1_steps + 1."""
+    """Training steps behind a checkpoint: the student stage's and stage 1's are numbered by
+    their steps in order, stage 2's after student_steps + stage1_steps + 1."""
     if checkpoint is None:
         return 0
     number = int(checkpoint.rsplit("-", 1)[1])
-    return number if number <= STAGE1_STEPS else STAGE1_STEPS + number - (STAGE1_STEPS + 1)
+    before_gan = STUDENT_STEPS + STAGE1_STEPS
+    return number if number <= before_gan else before_gan + number - (before_gan + 1)
 
 
 def read_all(checkpoint: str) -> dict[str, np.ndarray]:
@@ -61,7 +66,7 @@ def kill_chain(kinds: list[str], rng: random.Random, data, cache, model_dir, log
     trials = []
     for index, kind in enumerate([*kinds, "none"]):
         before = latest(model_dir)
-        remaining = STAGE1_STEPS + STAGE2_STEPS - steps_done(before)
+        remaining = STUDENT_STEPS + STAGE1_STEPS + STAGE2_STEPS - steps_done(before)
         if kind == "step" and remaining == 0:
             kind = "write"  # every run writes at least one checkpoint, even a finished one
         if kind == "step":

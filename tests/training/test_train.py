@@ -27,6 +27,11 @@ def _run_binary(*flags, timeout=120):
     (["--config=flow.levels=6"], "divisible by 2**flow.levels"),
     (["--config=generator.wide=1"], "unknown config field 'generator.wide'"),
     (["--stage2_steps=5"], "train.stage2_steps=5 must be a multiple of train.checkpoint_every"),
+    (["--student_steps=3"], "train.student_steps=3 must be a multiple of"),
+    (["--config=student.kind=latent"], "student.kind='latent'; choose one of"),
+    (["--config=student.blocks=1,1,1,1,1,1"], "divisible by 2**len(student.blocks) = 64"),
+    (["--stage=student", "--config=student.kind=flow"], "--stage=student distils the image"),
+    (["--extra_data=/nonexistent/faces"], "/nonexistent/faces"),
 ])
 def test_bad_flags_fail_before_any_work(small_faces, tmp_path, flags, message):
     model_dir = tmp_path / "run"
@@ -64,6 +69,18 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, tmp_path):
     for name in ("d_loss", "g_loss", "identity", "metric", "w_identity", "engine_queries"):
         assert np.isfinite(history[name]).all(), name
     assert np.isfinite(result.stage1_history["bits_per_dim"]).all()
+    # The image student (the default) was distilled first, its agreement logged per step.
+    student = result.student_history
+    assert np.isfinite(student["loss"]).all() and len(student["loss"]) == 2
+    agreement = [json.loads(line) for line in
+                 (model_dir / "logs" / "student" / "agreement.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in agreement] == [0, 2, 4]
+    assert all(-1 <= entry["held_out_centred"] <= 1 for entry in agreement)
+    assert (model_dir / "student.done").exists()
+    data = json.loads((model_dir / "student_data.json").read_text())
+    # Photos of the 12 training identities (36) and one mirror view of each (smoke views=1);
+    # the 4 held-out identities' photos and views never reach the student.
+    assert data["by_source"] == {"photos": 36, "views": 36}
     # Refresh every 2 steps with 32 queries each, capped at 256 in smoke.
     assert history["engine_queries"][-1] == 64
     assert result.engine_queries >= 64
@@ -81,9 +98,11 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, tmp_path):
     longer = config_lib.get_config("smoke", ["train.stage2_steps=6"])
     resumed = trainer.train(longer, str(small_faces), str(model_dir), workers=0, verbose=0)
     assert resumed.stage1_history == {}  # stage 1 was done and is not repeated
+    assert resumed.student_history == {}  # so was the student stage
     assert len(resumed.stage2_history["g_loss"]) == 1  # one epoch of the 2 remaining steps
     checkpoint = (model_dir / "checkpoints" / "checkpoint").read_text()
-    assert f'model_checkpoint_path: "ckpt-{config.train.stage1_steps + 1 + 6}"' in checkpoint
+    gan_offset = config.train.student_steps + config.train.stage1_steps + 1
+    assert f'model_checkpoint_path: "ckpt-{gan_offset + 6}"' in checkpoint
 
     # G and D see features centred on the training identities' mean, kept in the checkpoint.
     from vec2face_tf.data import pipeline
@@ -113,6 +132,29 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, tmp_path):
     assert (model_dir / "eval" / "grid.png").read_bytes().startswith(b"\x89PNG")
     saved = json.loads((model_dir / "eval" / "report.json").read_text())
     assert saved["reconstruction"] == report["reconstruction"]
+
+
+def test_stage_student_distils_from_extra_photos_and_stops(small_faces, faces_dev, tmp_path):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    # faces-extra's layout (one photo per person), from faces-dev identities small_faces lacks.
+    for identity in sorted(faces_dev.iterdir())[1:12:2]:
+        if not (small_faces / identity.name).exists():
+            (extra / identity.name).mkdir()
+            photo = sorted(identity.glob("*.jpg"))[0]
+            (extra / identity.name / photo.name).symlink_to(photo)
+    model_dir = tmp_path / "run"
+    result = trainer.train(config_lib.get_config("smoke"), str(small_faces), str(model_dir),
+                           workers=0, verbose=0, extra_data=[str(extra)], stage="student")
+    assert len(result.student_history["loss"]) == 2 and result.stage2_history == {}
+    assert (model_dir / "student.done").exists() and not (model_dir / "stage1.done").exists()
+    extra_count = len(list(extra.glob("*/*.jpg")))
+    data = json.loads((model_dir / "student_data.json").read_text())
+    assert data["by_source"] == {"photos": 36, "views": 36, "extra_photos": extra_count,
+                                 "extra_views": extra_count}
+    assert (model_dir / "cache-extra").is_dir()
+    center = json.loads((model_dir / "center.json").read_text())
+    assert len(center) == 128 and 0.5 < np.linalg.norm(center) < 1.0  # dlib's common part
 
 
 def test_flagfile_is_read(small_faces, tmp_path):

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from vec2face_tf.config import CropSpec
 from vec2face_tf.data.cache import DEFAULT_CROP, EmbeddingCache
+from vec2face_tf.data.views import VIEWS_TABLE
 
 _RESIZE_CHUNK = 512  # Crops resized per call, to bound the float32 working memory.
 
@@ -103,6 +104,34 @@ def resize_faces(faces: Faces, resolution: int) -> Faces:
     crops = (np.concatenate(resized) if resized
              else np.zeros((0, resolution, resolution, 3), np.uint8))
     return dataclasses.replace(faces, crops=crops)
+
+
+def load_views(cache_dir: str | os.PathLike, engine_name: str, crop: CropSpec = DEFAULT_CROP,
+               resolution: int | None = None, max_view: int | None = None) -> Faces:
+    """Loads the cached augmented views (``prepare --views``) of one engine and crop.
+
+    Args:
+      cache_dir, engine_name, crop, resolution: as ``load_faces``.
+      max_view: keep views 1..max_view of each photo (None: all that are cached).
+
+    Returns:
+      Faces whose identities are their photos' identities (an empty Faces when no view is
+      cached).
+    """
+    cache = EmbeddingCache(cache_dir, engine_name, crop, table=VIEWS_TABLE)
+    if not cache.shard_paths():
+        size = resolution or crop.size
+        return _relabel(np.zeros((0, size, size, 3), np.uint8),
+                        np.zeros((0, cache.dim or 0), np.float32), np.zeros((0,), "<U1"),
+                        np.zeros((0,), "<U1"))
+    contents = cache.load()
+    keep = np.ones(len(contents.keys), bool)
+    if max_view is not None:
+        indices = np.array([int(key.rsplit("#view", 1)[1]) for key in contents.keys.tolist()])
+        keep = indices <= max_view
+    faces = _relabel(contents.crops[keep], contents.embeddings[keep],
+                     contents.identities[keep], contents.hashes[keep])
+    return resize_faces(faces, resolution) if resolution else faces
 
 
 def subset_identities(faces: Faces, identity_indices: np.ndarray) -> Faces:
@@ -268,6 +297,84 @@ def make_dataset(faces: Faces, resolution: int, identities_per_batch: int,
     dataset = tf.data.Dataset.counter(start=start_step * replicas_here).map(
         lambda element: gather(rows_of_element(element)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def distillation_batch_rows(step: tf.Tensor, seed: int, num_examples: int,
+                            batch_size: int) -> tf.Tensor:
+    """Row indices int64[batch_size] of the distillation batch at ``step``.
+
+    The examples are read in epochs, each a fresh permutation drawn from ``(seed, epoch)``, so
+    every example is seen once per epoch and the batch at a step depends on nothing else.
+    """
+    positions = tf.cast(step, tf.int64) * batch_size + tf.range(batch_size, dtype=tf.int64)
+    epochs = positions // num_examples
+    first_epoch = epochs[0]
+    max_index = tf.fill([batch_size], tf.constant(num_examples - 1, tf.int64))
+
+    def shuffled(epoch):
+        # One seed of shape [2] for the whole vector (index_shuffle's [n, 2] form mis-pads).
+        return tf.random.experimental.index_shuffle(
+            positions % num_examples, tf.stack([tf.constant(seed, tf.int64), epoch]),
+            max_index=max_index)
+
+    # A batch spans at most two epochs when batch_size <= num_examples.
+    return tf.where(epochs == first_epoch, shuffled(first_epoch), shuffled(first_epoch + 1))
+
+
+def make_distillation_dataset(crops: np.ndarray, embeddings: np.ndarray, batch_size: int,
+                              seed: int = 0, start_step: int = 0,
+                              input_context: tf.distribute.InputContext | None = None
+                              ) -> tf.data.Dataset:
+    """An infinite, deterministic dataset of (face, teacher vector) batches for distillation.
+
+    Args:
+      crops: uint8[N, R, R, 3] faces at the training resolution (photos and views).
+      embeddings: float32[N, D] their engine vectors.
+      batch_size: the global batch size.
+      seed: the sampling seed; the global batch at step s depends only on (seed, s).
+      start_step: the step of the first batch (a resumed run reads on from there).
+      input_context: under ``distribute_datasets_from_function``: this pipeline yields its
+        replicas' consecutive slices of each global batch, in replica order.
+
+    Returns:
+      A dataset of ``(image float32[B, R, R, 3] in [-1, 1], embedding float32[B, D])``.
+
+    Raises:
+      ValueError: for an empty set, mismatched lengths, or a batch that the replicas cannot
+        share evenly.
+    """
+    if len(crops) == 0 or len(crops) != len(embeddings):
+        raise ValueError(f"distillation needs as many vectors as faces, at least one; got "
+                         f"{len(crops)} faces and {len(embeddings)} vectors")
+    if batch_size > len(crops):
+        raise ValueError(f"the distillation batch {batch_size} is larger than the "
+                         f"{len(crops)} faces to distil from")
+    num_replicas = input_context.num_replicas_in_sync if input_context else 1
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    if batch_size < 1 or batch_size % num_replicas:
+        raise ValueError(f"the distillation batch {batch_size} must be a positive multiple of "
+                         f"the {num_replicas} replicas")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    replicas_here = num_replicas // num_pipelines
+    per_replica = batch_size // num_replicas
+    faces = tf.constant(crops)
+    vectors = tf.constant(embeddings, tf.float32)
+
+    def batch_of_element(element):
+        step, local_replica = element // replicas_here, element % replicas_here
+        rows = distillation_batch_rows(step, seed, len(crops), batch_size)
+        start = (pipeline_id * replicas_here + local_replica) * per_replica
+        rows = rows[start:start + per_replica]
+        images = tf.cast(tf.gather(faces, rows), tf.float32) / 127.5 - 1.0
+        return images, tf.gather(vectors, rows)
+
+    dataset = tf.data.Dataset.counter(start=start_step * replicas_here).map(
+        batch_of_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -1,8 +1,10 @@
-"""DiBiGAN's two training models (DESIGN §1 items 3, 6-8).
+"""DiBiGAN's training models (DESIGN §1 items 3, 6-8).
 
-* ``FlowStudentTrainer`` (stage 1) trains the bijective flow ``H`` and the student head ``C``
-  together: flow NLL in bits/dim plus the angular distillation loss against the engine's
-  cached vectors.
+* ``StudentDistiller`` (the student stage, ``student.kind=image``) distils the image student
+  from the engine's cached vectors of photos and their augmented views.
+* ``FlowStudentTrainer`` (stage 1) trains the bijective flow ``H`` (NLL in bits/dim) and, for
+  ``student.kind=flow``, the student head ``C`` with it (plus the angular distillation loss
+  against the engine's cached vectors).
 * ``DiBiGAN`` (stage 2) trains the generator and the discriminator with ``H`` frozen. Its
   ``train_step`` does the D step and then the G step (adversarial + batch-hard triplet in the
   flow's latent space + identity through the student), weighted by the exponential schedules
@@ -10,7 +12,7 @@
 
 Every loss is scaled by the global batch size, so one replica and N replicas give the same
 numbers for the same global batch. The blackbox engine never appears here: identity reaches
-the generator only through the student ``S = C∘H``.
+the generator only through the student.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from vec2face_tf.config import Config, config_from_dict
 from vec2face_tf.models import flow as flow_lib
 from vec2face_tf.models.discriminator import Discriminator
 from vec2face_tf.models.generator import Generator
-from vec2face_tf.models.student import StudentHead
+from vec2face_tf.models.student import ImageStudent, StudentHead
 
 
 @dataclasses.dataclass
@@ -42,6 +44,7 @@ class DiBiGANParts:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+STUDENT_KINDS = ("image", "flow")
 
 
 def build_parts(config: Config, embedding_dim: int, precision: str | None = None
@@ -71,11 +74,7 @@ def _build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
     # placeholder data here; the trainer calls it on real faces first.
     flow = flow_lib.BijectiveFlow.from_flow_config(config.flow, resolution,
                                                    prior=config.flow.prior)
-    student = StudentHead(
-        latent_shapes=[tuple(shape) for shape in flow.latent_shapes],
-        embedding_dim=embedding_dim, hidden_units=config.student.hidden_units,
-        dropout=config.student.dropout)
-    student([tf.zeros([1, *shape]) for shape in flow.latent_shapes])
+    student = build_student(config, embedding_dim, flow.latent_shapes)
     generator = Generator(
         resolution=resolution, embedding_dim=embedding_dim,
         noise_dim=config.generator.noise_dim, base_channels=config.generator.base_channels,
@@ -89,6 +88,35 @@ def _build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
         max_channels=config.discriminator.max_channels)
     discriminator([tf.zeros([1, resolution, resolution, 3]), tf.zeros([1, embedding_dim])])
     return DiBiGANParts(flow, student, generator, discriminator)
+
+
+def build_student(config: Config, embedding_dim: int, latent_shapes=None) -> keras.Model:
+    """The student of ``config.student.kind``, built (under the current dtype policy).
+
+    Args:
+      config: the run's config.
+      embedding_dim: the engine's D.
+      latent_shapes: the flow's latent shapes (needed for ``kind=flow`` only).
+
+    Raises:
+      ValueError: for an unknown kind.
+    """
+    kind = config.student.kind
+    if kind == "image":
+        resolution = config.data.resolution
+        student = ImageStudent(resolution=resolution, embedding_dim=embedding_dim,
+                               width=config.student.width, blocks=config.student.blocks,
+                               dropout=config.student.dropout)
+        student(tf.zeros([1, resolution, resolution, 3]))
+        return student
+    if kind == "flow":
+        student = StudentHead(
+            latent_shapes=[tuple(shape) for shape in latent_shapes],
+            embedding_dim=embedding_dim, hidden_units=config.student.hidden_units,
+            dropout=config.student.dropout)
+        student([tf.zeros([1, *shape]) for shape in latent_shapes])
+        return student
+    raise ValueError(f"student.kind={kind!r}; choose one of {STUDENT_KINDS}")
 
 
 def _center_list(center) -> list[float] | None:
@@ -193,7 +221,8 @@ class FlowStudentTrainer(_PrebuiltModel):
 
     Args:
       flow: the bijective flow.
-      student: the student head over the flow's latents.
+      student: the student head over the flow's latents, or None to train the flow alone
+        (``student.kind=image`` distils its student in a stage of its own).
       num_bits: bits per channel kept before dequantisation.
       distillation_weight: weight of the distillation loss against the NLL.
       center: mean engine vector subtracted before the cosine (dlib vectors share a large
@@ -223,7 +252,8 @@ class FlowStudentTrainer(_PrebuiltModel):
 
     def get_config(self):
         return {"flow": keras.saving.serialize_keras_object(self.flow),
-                "student": keras.saving.serialize_keras_object(self.student),
+                "student": (None if self.student is None
+                            else keras.saving.serialize_keras_object(self.student)),
                 "num_bits": self.num_bits, "distillation_weight": self.distillation_weight,
                 "center": _center_list(self.center), "global_batch_size": self.global_batch_size,
                 "name": self.name}
@@ -232,13 +262,20 @@ class FlowStudentTrainer(_PrebuiltModel):
     def from_config(cls, config):
         config = dict(config)
         config["flow"] = keras.saving.deserialize_keras_object(config["flow"])
-        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        if config["student"] is not None:
+            config["student"] = keras.saving.deserialize_keras_object(config["student"])
         return cls(**config)
+
+    @property
+    def trainable_networks_variables(self) -> list:
+        """The variables stage 1 updates: the flow's, and the head's when it has one."""
+        return self.flow.trainable_variables + (
+            [] if self.student is None else self.student.trainable_variables)
 
     def call(self, images, training=False):
         x = flow_lib.BijectiveFlow.preprocess(images, self.num_bits, dequantize=False)
         latents, _ = self.flow.forward(x, training=training)
-        return self.student(latents, training=training)
+        return latents if self.student is None else self.student(latents, training=training)
 
     def train_step(self, data):
         images, embeddings, _ = data
@@ -250,18 +287,92 @@ class FlowStudentTrainer(_PrebuiltModel):
             bits_per_dim = flow_lib.BijectiveFlow.nll_bits_per_dim(latents, log_det, self.num_bits)
             nll = losses_lib.reduce_per_example(
                 bits_per_dim, global_batch_size=self.global_batch_size)
-            student_vectors = self.student(latents, training=True)
-            distillation = losses_lib.distillation_loss(
-                student_vectors, embeddings, center=self.center,
-                global_batch_size=self.global_batch_size)
+            if self.student is None:
+                distillation = tf.constant(0.0)
+            else:
+                student_vectors = self.student(latents, training=True)
+                distillation = losses_lib.distillation_loss(
+                    student_vectors, embeddings, center=self.center,
+                    global_batch_size=self.global_batch_size)
             loss = nll + self.distillation_weight * distillation
-        variables = self.flow.trainable_variables + self.student.trainable_variables
+        variables = self.trainable_networks_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        cosine = -keras.losses.cosine_similarity(embeddings, student_vectors)
         self.loss_tracker.update_state(global_loss(loss))
         self.nll_tracker.update_state(global_loss(nll))
         self.distillation_tracker.update_state(global_loss(distillation))
-        self.cosine_tracker.update_state(cosine)
+        if self.student is not None:
+            self.cosine_tracker.update_state(
+                -keras.losses.cosine_similarity(embeddings, student_vectors))
+        return self._logs()
+
+
+@keras.saving.register_keras_serializable(package="vec2face")
+class StudentDistiller(_PrebuiltModel):
+    """The student stage: distils the image student from the engine's cached vectors.
+
+    The loss is the centred angular distillation loss plus ``relational_weight`` times the
+    relational (pairwise-cosine) loss; compile it with the optimizer (its learning-rate
+    schedule is a function of the step, so a resumed run follows the same curve).
+
+    Args:
+      student: the ImageStudent.
+      center: the mean engine vector of the training photos (float[D]).
+      relational_weight: weight of ``losses.relational_cosine_loss``.
+      global_batch_size: the global batch size the losses are averaged over.
+    """
+
+    def __init__(self, student, center, relational_weight: float = 0.0,
+                 global_batch_size: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+        self.center = tf.constant(center, tf.float32)
+        self.relational_weight = float(relational_weight)
+        self.global_batch_size = global_batch_size
+        names = ("loss", "distillation", "relational", "student_cosine", "centred_cosine")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def get_config(self):
+        return {"student": keras.saving.serialize_keras_object(self.student),
+                "center": _center_list(self.center),
+                "relational_weight": self.relational_weight,
+                "global_batch_size": self.global_batch_size, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        return cls(**config)
+
+    def call(self, images, training=False):
+        return self.student(images, training=training)
+
+    def train_step(self, data):
+        images, embeddings = data
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            vectors = self.student(images, training=True)
+            distillation = losses_lib.distillation_loss(
+                vectors, embeddings, center=self.center,
+                global_batch_size=self.global_batch_size)
+            # A replica's mean over its own pairs; gradients sum over replicas.
+            relational = losses_lib.relational_cosine_loss(
+                vectors, embeddings, center=self.center) / replicas
+            loss = distillation + self.relational_weight * relational
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        values = {"loss": global_loss(loss), "distillation": global_loss(distillation),
+                  "relational": global_loss(relational),
+                  "student_cosine": -keras.losses.cosine_similarity(embeddings, vectors),
+                  "centred_cosine": losses_lib.centred_cosine(vectors, embeddings,
+                                                              self.center)}
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
         return self._logs()
 
 
@@ -341,6 +452,20 @@ class DiBiGAN(_PrebuiltModel):
         embeddings, noise = inputs
         return self.generator([embeddings, noise], training=training)
 
+    def student_embed(self, images, latents=None):
+        """The student's unit vectors of images in [-1, 1] (inference mode).
+
+        Args:
+          images: float[B, R, R, 3].
+          latents: the flow's latents of ``images``, when the caller already has them (only a
+            ``kind=flow`` student reads them).
+        """
+        if isinstance(self.student, ImageStudent):
+            return self.student(images, training=False)
+        if latents is None:
+            latents = self.latents(images)
+        return self.student(latents, training=False)
+
     def latents(self, images):
         """The frozen flow's latents of images in [-1, 1] (no dequantisation noise)."""
         x = flow_lib.BijectiveFlow.preprocess(images, self.config.flow.num_bits, dequantize=False)
@@ -414,7 +539,7 @@ class DiBiGAN(_PrebuiltModel):
             fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
             real_labels=gather_replicas(labels), level_weights=self.level_weights,
             global_batch_size=batch)
-        student_vectors = self.student(fake_latents, training=False)
+        student_vectors = self.student_embed(fake_images, fake_latents)
         identity = losses_lib.identity_loss(
             student_vectors, embeddings, center=self.center, global_batch_size=batch)
         pixel = self._multiscale_l1(fake_scales, images, weights["scales"])

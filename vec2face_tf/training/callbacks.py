@@ -1,6 +1,11 @@
-"""Training callbacks: the student refresh from engine queries, and image grids."""
+"""Training callbacks: the student refresh from engine queries, the student's agreement with
+the engine on held-out faces, and image grids."""
 
 from __future__ import annotations
+
+import json
+import pathlib
+import time
 
 import keras
 import numpy as np
@@ -8,6 +13,7 @@ import tensorflow as tf
 
 from vec2face_tf import losses as losses_lib
 from vec2face_tf.engines.base import Engine
+from vec2face_tf.evaluation import student as student_evaluation
 from vec2face_tf.evaluation.reconstruction import comparison_grid, from_uint8, to_uint8
 
 
@@ -72,13 +78,13 @@ class ReplayBuffer(tf.Module):
 
 
 class StudentRefresh(keras.callbacks.Callback):
-    """Keeps the student ``S = C∘H`` faithful to the engine on generated images.
+    """Keeps the student faithful to the engine on generated images.
 
     Every ``every`` steps it generates faces for real engine vectors, queries the engine
     (``Engine.embed`` only: numpy in, numpy out, so no gradient can reach the engine), adds the
-    labelled pairs to a bounded replay buffer, and trains the student head ``C`` (the flow
-    stays frozen) on real ∪ buffer for ``distill_steps`` steps. Engine queries are counted and
-    capped by ``max_queries``.
+    labelled pairs to a bounded replay buffer, and trains the student (the image student, or
+    the head ``C`` of ``S = C∘H`` with the flow frozen) on real ∪ buffer for
+    ``distill_steps`` steps. Engine queries are counted and capped by ``max_queries``.
 
     Args:
       engine: the blackbox engine.
@@ -166,7 +172,7 @@ class StudentRefresh(keras.callbacks.Callback):
                 logs["refresh_gap_before"], logs["refresh_gap_after"] = self.last_gap
 
     def _student_vectors(self, images):
-        return self.model.student(self.model.latents(images), training=False)
+        return self.model.student_embed(images)
 
     def student_gap(self, images: np.ndarray, vectors: np.ndarray) -> float:
         """Mean (centred) distillation loss of the student against the given teacher vectors."""
@@ -266,3 +272,99 @@ class ImageGridLogger(keras.callbacks.Callback):
             tf.summary.scalar("engine_cosine", float(cosines.mean()), step=step)
         tf.io.write_file(f"{self.log_dir}/grid.png", tf.io.encode_png(grid))
         return grid
+
+
+class StudentAgreementLogger(keras.callbacks.Callback):
+    """Measures how well the student agrees with the engine, on held-out and training faces.
+
+    Every ``every`` steps (and at the end) it embeds fixed held-out faces (identities the
+    student never trains on) and a fixed sample of training faces, and logs the mean raw and
+    centred cosine with the engine's cached vectors: to TensorBoard, to the fit logs, and as
+    one JSON line per measurement in ``<log_dir>/agreement.jsonl`` with the minutes of
+    training so far. A resumed run keeps the lines up to its restored step and adds its
+    minutes to theirs, so the file is one curve against training time.
+
+    Args:
+      held_out: (uint8[N, R, R, 3] faces, float32[N, D] engine vectors).
+      train: the same for training faces.
+      center: the mean engine vector of the training photos.
+      log_dir: folder of the TensorBoard events and agreement.jsonl.
+      every: period in steps.
+      batch_size: faces per student call.
+    """
+
+    def __init__(self, held_out: tuple[np.ndarray, np.ndarray],
+                 train: tuple[np.ndarray, np.ndarray], center: np.ndarray, log_dir: str,
+                 every: int, batch_size: int = 256):
+        super().__init__()
+        self.sets = {"held_out": held_out, "train": train}
+        self.center = np.asarray(center, np.float32)
+        self.log_dir = pathlib.Path(log_dir)
+        self.every = max(1, every)
+        self.batch_size = batch_size
+        self.writer = tf.summary.create_file_writer(str(self.log_dir))
+        self.history: list[dict] = []
+        self._minutes_before = 0.0
+        self._started = 0.0
+        self._last_step = -1
+
+    @property
+    def path(self) -> pathlib.Path:
+        return self.log_dir / "agreement.jsonl"
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        step = self._step()
+        kept = []
+        if self.path.exists():
+            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+            kept = [entry for entry in kept if entry["step"] <= step]
+        self.history = kept
+        self._minutes_before = kept[-1]["minutes"] if kept else 0.0
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+        self._started = time.perf_counter()
+        if not kept:
+            self.measure(step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if step % self.every == 0:
+            self.measure(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.history:
+            logs["held_out_centred_cosine"] = self.history[-1]["held_out_centred"]
+
+    def on_train_end(self, logs=None):
+        self.measure(self._step())
+
+    def agreement(self, images: np.ndarray, vectors: np.ndarray) -> tuple[float, float]:
+        """(mean raw cosine, mean centred cosine) of the student with ``vectors``."""
+        predicted = np.concatenate([
+            self.model.student(from_uint8(images[start:start + self.batch_size]),
+                               training=False).numpy()
+            for start in range(0, len(images), self.batch_size)])
+        measured = student_evaluation.agreement(predicted, vectors, self.center)
+        return measured["raw_cosine"], measured["centred_cosine"]
+
+    def measure(self, step: int) -> dict:
+        """Measures and logs the agreement at ``step`` (once per step)."""
+        if step == self._last_step:
+            return self.history[-1]
+        self._last_step = step
+        minutes = self._minutes_before + (time.perf_counter() - self._started) / 60.0
+        entry = {"step": step, "minutes": round(minutes, 3)}
+        with self.writer.as_default():
+            for name, (images, vectors) in self.sets.items():
+                raw, centred = self.agreement(images, vectors)
+                entry[f"{name}_raw"], entry[f"{name}_centred"] = raw, centred
+                tf.summary.scalar(f"agreement/{name}_centred_cosine", centred, step=step)
+                tf.summary.scalar(f"agreement/{name}_raw_cosine", raw, step=step)
+        self.writer.flush()
+        self.history.append(entry)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return entry

@@ -1,4 +1,5 @@
-"""The DiBiGAN training run: data, stage 1 (flow + student), stage 2 (GAN), checkpoints.
+"""The DiBiGAN training run: data, the student stage (distillation of the image student),
+stage 1 (flow, and the flow student), stage 2 (GAN), checkpoints.
 
 ``train`` is what ``vec2face-train`` calls; every check that can fail on the flags runs before
 any expensive work.
@@ -11,6 +12,7 @@ import json
 import pathlib
 import re
 import shutil
+import typing
 
 import keras
 import numpy as np
@@ -33,7 +35,9 @@ from vec2face_tf.training import callbacks as callbacks_lib
 from vec2face_tf.training.strategies import get_strategy
 
 STAGE1_DONE = "stage1.done"
+STUDENT_DONE = "student.done"  # export.student reads the same name
 LOCK_FILE = "train.lock"
+STAGES = ("all", "student")
 
 
 class TrainingError(ValueError):
@@ -51,6 +55,7 @@ class TrainResult:
     stage1_history: dict
     stage2_history: dict
     engine_queries: int
+    student_history: dict = dataclasses.field(default_factory=dict)
 
 
 def validate_config(config: config_lib.Config) -> None:
@@ -66,8 +71,18 @@ def validate_config(config: config_lib.Config) -> None:
     if config.data.identities_per_batch < 2 or config.data.images_per_identity < 2:
         raise TrainingError("the batch-hard triplet loss needs data.identities_per_batch >= 2 "
                             "and data.images_per_identity >= 2")
+    if config.student.kind not in dibigan.STUDENT_KINDS:
+        raise TrainingError(f"student.kind={config.student.kind!r}; choose one of "
+                            f"{dibigan.STUDENT_KINDS}")
+    if config.student.kind == "image":
+        stages = len(config.student.blocks)
+        if resolution % 2 ** stages:
+            raise TrainingError(f"data.resolution={resolution} must be divisible by "
+                                f"2**len(student.blocks) = {2 ** stages}")
+        if config.student.batch_size < 2:
+            raise TrainingError("student.batch_size must be >= 2")
     every = config.train.checkpoint_every
-    for name in ("stage1_steps", "stage2_steps"):
+    for name in ("student_steps", "stage1_steps", "stage2_steps"):
         if every < 1 or getattr(config.train, name) % every:
             raise TrainingError(f"train.{name}={getattr(config.train, name)} must be a multiple "
                                 f"of train.checkpoint_every={every} (one epoch per checkpoint)")
@@ -98,7 +113,9 @@ def check_model_dir(model_dir: pathlib.Path, config: config_lib.Config) -> None:
 
 def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str | None = None,
           strategy_name: str = "default", workers: int = 2,
-          max_images: int = 0, verbose: int | str = "auto") -> TrainResult:
+          max_images: int = 0, verbose: int | str = "auto",
+          extra_data: typing.Sequence[str] = (), extra_cache_dir: str | None = None,
+          stage: str = "all") -> TrainResult:
     """Trains DiBiGAN end to end and leaves checkpoints and logs in ``model_dir``.
 
     Args:
@@ -110,23 +127,36 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
       workers: processes used to align and embed.
       max_images: use at most this many images (0: all).
       verbose: Keras ``fit`` verbosity ("auto" shows a progress bar).
+      extra_data: more photo sources, with or without identity pairs (faces-extra), that
+        only the image student distils from (never the GAN: it needs identity pairs).
+      extra_cache_dir: their cache (default ``<model_dir>/cache-extra``).
+      stage: ``"all"``, or ``"student"`` to run the student stage alone and stop.
 
     Raises:
       TrainingError: for flags that cannot work (before any expensive work).
     """
     model_path = pathlib.Path(model_dir)
     validate_config(config)
+    if stage not in STAGES:
+        raise TrainingError(f"stage={stage!r}; choose one of {STAGES}")
+    if stage == "student" and config.student.kind != "image":
+        raise TrainingError("--stage=student distils the image student; this run has "
+                            f"student.kind={config.student.kind!r}, whose head trains with "
+                            "the flow in stage 1")
     source = sources.open_source(data)  # raises for a missing or empty folder
+    extra_sources = [sources.open_source(spec) for spec in extra_data]
     with exclusive_lock(model_path / LOCK_FILE, lambda holder: TrainingError(
             f"{model_path} is in use by another training run ({holder}); wait for it to "
             "finish or use another --model_dir")):
         return _train_locked(config, source, model_path, cache_dir, strategy_name, workers,
-                             max_images, verbose)
+                             max_images, verbose, extra_sources, extra_cache_dir, stage)
 
 
 def _train_locked(config: config_lib.Config, source: sources.FaceSource,
                   model_path: pathlib.Path, cache_dir: str | None, strategy_name: str,
-                  workers: int, max_images: int, verbose: int | str) -> TrainResult:
+                  workers: int, max_images: int, verbose: int | str,
+                  extra_sources: list, extra_cache_dir: str | None, stage: str
+                  ) -> TrainResult:
     check_model_dir(model_path, config)
     engine = get_engine(config.engine)
     strategy = get_strategy(strategy_name)
@@ -138,9 +168,17 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     (model_path / "run.json").write_text(json.dumps({
         "engine": engine.name, "embedding_dim": engine.dim,
         "cache_dir": str(cache_path.resolve())}, indent=1))
+    image_student = config.student.kind == "image"
+    views = config.student.views if image_student else 0
     stats = prepare.prepare(source, config.engine, cache_path, crop=config.crop,
-                            workers=workers, max_images=max_images)
+                            workers=workers, max_images=max_images, views=views)
     logging.info("prepared faces: %s", stats)
+    extra_path = (pathlib.Path(extra_cache_dir) if extra_cache_dir
+                  else model_path / "cache-extra")
+    for extra in extra_sources:
+        logging.info("prepared extra faces: %s", prepare.prepare(
+            extra, config.engine, extra_path, crop=config.crop, workers=workers,
+            views=views))
     faces = pipeline.load_faces(cache_path, engine.name, config.crop,
                                 resolution=config.data.resolution,
                                 min_images_per_identity=config.data.min_images_per_identity)
@@ -154,6 +192,8 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     resolution = config.data.resolution
     global_batch = config.data.identities_per_batch * config.data.images_per_identity
     center = train_faces.embeddings.mean(axis=0)
+    # The exported student carries it: "centred cosine" with the engine subtracts it.
+    (model_path / "center.json").write_text(json.dumps([float(v) for v in center]))
     dataset_args = dict(resolution=resolution,
                         identities_per_batch=config.data.identities_per_batch,
                         images_per_identity=config.data.images_per_identity,
@@ -175,11 +215,15 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
         for network in (parts.generator, parts.discriminator):
             network.embedding_normalization.set_center(center)
         stage1 = dibigan.FlowStudentTrainer(
-            parts.flow, parts.student, num_bits=config.flow.num_bits, center=center,
-            global_batch_size=global_batch)
+            parts.flow, None if image_student else parts.student,
+            num_bits=config.flow.num_bits, center=center, global_batch_size=global_batch)
         stage1.compile(optimizer=keras.optimizers.Adam(config.train.flow_lr))
-        stage1.optimizer.build(parts.flow.trainable_variables
-                               + parts.student.trainable_variables)
+        stage1.optimizer.build(stage1.trainable_networks_variables)
+        distiller = dibigan.StudentDistiller(
+            parts.student, center=center, relational_weight=config.student.relational_weight,
+            global_batch_size=config.student.batch_size)
+        distiller.compile(optimizer=student_optimizer(config))
+        distiller.optimizer.build(parts.student.trainable_variables)
         gan = dibigan.DiBiGAN(parts, config, center=center, global_batch_size=global_batch)
         gan.compile(
             d_optimizer=keras.optimizers.Adam(config.train.discriminator_lr,
@@ -194,6 +238,8 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
 
     optimizers = dict(stage1_optimizer=stage1.optimizer, d_optimizer=gan.d_optimizer,
                       g_optimizer=gan.g_optimizer)
+    if image_student:
+        optimizers["student_optimizer"] = distiller.optimizer
     checkpoint = dibigan.checkpoint_for(parts, **optimizers, refresh=refresh.state)
     removed = remove_incomplete_checkpoints(model_path / "checkpoints")
     if removed:
@@ -217,20 +263,35 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
         return pipeline.distribute_dataset(strategy, train_faces, **dataset_args,
                                            start_step=int(step.numpy()))
 
+    # Checkpoints are numbered by training steps over the stages, in order.
+    stage1_offset = config.train.student_steps if image_student else 0
+    stage2_offset = stage1_offset + config.train.stage1_steps + 1
+    student_history: dict = {}
+    if image_student and not (model_path / STUDENT_DONE).exists():
+        student_history = run_student_stage(
+            config, distiller, strategy, manager, model_path, cache_path,
+            extra_path if extra_sources else None, engine.name, train_faces, held_out, center,
+            verbose)
+        (model_path / STUDENT_DONE).write_text("student stage finished\n")
+    if stage == "student":
+        engine.close()
+        return TrainResult(model_path, {}, {}, engine_queries=0,
+                           student_history=student_history)
+
     stage1_history: dict = {}
     if not (model_path / STAGE1_DONE).exists():
         stage1_history = fit_stage(
             stage1, dataset_from(stage1.optimizer.iterations), stage1.optimizer.iterations,
             config.train.stage1_steps, every, verbose, callbacks=[
-                CheckpointEvery(manager, stage1.optimizer.iterations, every),
+                CheckpointEvery(manager, stage1.optimizer.iterations, every,
+                                offset=stage1_offset),
                 keras.callbacks.TensorBoard(str(model_path / "logs" / "stage1"))])
-        save_checkpoint(manager, config.train.stage1_steps)
+        save_checkpoint(manager, stage1_offset + config.train.stage1_steps)
         (model_path / STAGE1_DONE).write_text("stage 1 finished\n")
 
     grids = callbacks_lib.ImageGridLogger(
         engine, held_out.crops[:preview_count], held_out.embeddings[:preview_count],
         log_dir=str(model_path / "logs" / "stage2"), every=config.train.log_every)
-    stage2_offset = config.train.stage1_steps + 1
     checkpointer = CheckpointEvery(manager, gan.g_optimizer.iterations,
                                    config.train.checkpoint_every, offset=stage2_offset)
 
@@ -242,7 +303,99 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     save_checkpoint(manager, stage2_offset + int(gan.g_optimizer.iterations.numpy()))
     engine.close()
     return TrainResult(model_path, stage1_history, stage2_history,
-                       engine_queries=refresh.queries + grids.queries)
+                       engine_queries=refresh.queries + grids.queries,
+                       student_history=student_history)
+
+
+def student_optimizer(config: config_lib.Config) -> keras.optimizers.Optimizer:
+    """AdamW with a linear warm-up then a cosine decay over the student stage's steps."""
+    student = config.student
+    warmup = min(student.warmup_steps, config.train.student_steps)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else student.learning_rate,
+        decay_steps=max(1, config.train.student_steps - warmup),
+        warmup_target=student.learning_rate if warmup else None, warmup_steps=warmup)
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=student.weight_decay)
+    # Decay the convolution and dense kernels, not batch norm's scales and shifts.
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
+
+
+def distillation_faces(held_out: pipeline.Faces, cache_path: pathlib.Path,
+                       extra_path: pathlib.Path | None, config: config_lib.Config, engine_name: str
+                       ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The student's training set: every cached photo and view but the held-out identities'.
+
+    Args:
+      held_out: the held-out faces (their identities never reach the student).
+      cache_path: the run's cache (its ``views`` table holds the views).
+      extra_path: the extra photos' cache, or None.
+      config: the run's config.
+      engine_name: the engine's name (the cache key).
+
+    Returns:
+      (uint8[N, R, R, 3] faces, float32[N, D] engine vectors, counts by source).
+    """
+    resolution = config.data.resolution
+    excluded = set(held_out.identity_names.tolist())
+    # Photos of identities with a single photo are never probed, so the student may use them.
+    photos = pipeline.load_faces(cache_path, engine_name, config.crop, resolution=resolution)
+    parts = {"photos": photos,
+             "views": pipeline.load_views(cache_path, engine_name, config.crop, resolution,
+                                          max_view=config.student.views)}
+    if extra_path is not None:
+        parts["extra_photos"] = pipeline.load_faces(extra_path, engine_name, config.crop,
+                                                    resolution=resolution)
+        parts["extra_views"] = pipeline.load_views(extra_path, engine_name, config.crop,
+                                                   resolution, max_view=config.student.views)
+    crops, vectors, counts = [], [], {}
+    for name, part in parts.items():
+        if not len(part):
+            counts[name] = 0
+            continue
+        keep = ~np.isin(part.identity_names[part.labels], list(excluded))
+        crops.append(part.crops[keep])
+        vectors.append(part.embeddings[keep])
+        counts[name] = int(np.sum(keep))
+    return np.concatenate(crops), np.concatenate(vectors).astype(np.float32), counts
+
+
+def run_student_stage(config: config_lib.Config, distiller: keras.Model, strategy,
+                      manager: tf.train.CheckpointManager, model_path: pathlib.Path,
+                      cache_path: pathlib.Path, extra_path: pathlib.Path | None,
+                      engine_name: str, train_faces: pipeline.Faces, held_out: pipeline.Faces,
+                      center: np.ndarray, verbose) -> dict:
+    """Distils the image student (resumable), logging its agreement with the engine.
+
+    Returns:
+      The stage's fit history ({} when it was already complete).
+    """
+    crops, vectors, counts = distillation_faces(held_out, cache_path, extra_path, config,
+                                                engine_name)
+    logging.info("student stage: %d faces to distil from (%s)", len(crops), counts)
+    (model_path / "student_data.json").write_text(json.dumps(
+        {"faces": len(crops), "by_source": counts}, indent=1))
+    rng = np.random.default_rng(config.data.seed)
+    sample = config.student.eval_faces
+    held_rows = rng.choice(len(held_out), size=min(sample, len(held_out)), replace=False)
+    train_rows = rng.choice(len(train_faces), size=min(sample, len(train_faces)), replace=False)
+    monitor = callbacks_lib.StudentAgreementLogger(
+        held_out=(held_out.crops[held_rows], held_out.embeddings[held_rows]),
+        train=(train_faces.crops[train_rows], train_faces.embeddings[train_rows]),
+        center=center, log_dir=str(model_path / "logs" / "student"),
+        every=config.student.eval_every)
+    step = distiller.optimizer.iterations
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: pipeline.make_distillation_dataset(
+            crops, vectors, config.student.batch_size, seed=config.data.seed,
+            start_step=int(step.numpy()), input_context=context))
+    every = config.train.checkpoint_every
+    history = fit_stage(distiller, dataset, step, config.train.student_steps, every, verbose,
+                        callbacks=[monitor, CheckpointEvery(manager, step, every),
+                                   keras.callbacks.TensorBoard(
+                                       str(model_path / "logs" / "student"))])
+    save_checkpoint(manager, config.train.student_steps)
+    return history
 
 
 def restore_checkpoint(path: str, checkpoint: tf.train.Checkpoint,
