@@ -36,7 +36,8 @@ def define_flags(fixed_format: str | None = None) -> dict:
     }
     if fixed_format is None:
         holders["format"] = flags.DEFINE_string(
-            "format", "all", "all, or a comma-separated list of savedmodel, tflite, onnx.")
+            "format", "all", "all, or a comma-separated list of student, savedmodel, tflite, "
+            "onnx (savedmodel also exports a run's image student).")
     flags.mark_flags_as_required(["export_base", "model_name"])
     return holders
 
@@ -57,7 +58,7 @@ def main(argv, holders: dict, fixed_format: str | None = None) -> None:
     except (savedmodel.ExportError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print(f"exported {written['model_name']} version {written['version']}:")
-    for name in ("savedmodel", "models_config", "onnx"):
+    for name in ("student", "savedmodel", "models_config", "onnx"):
         if name in written:
             print(f"  {name:<14} {written[name]}")
     for variant, path in written.get("tflite", {}).items():

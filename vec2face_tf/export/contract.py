@@ -30,6 +30,10 @@ SAMPLE_SIGNATURE = "sample"
 EMBEDDING_INPUT = "embedding"
 NOISE_INPUT = "noise"
 IMAGE_OUTPUT = "image"
+# The exported student (the engine's differentiable twin): aligned face in, unit vector out.
+STUDENT_DIR = "student"
+STUDENT_IMAGE_INPUT = "image"
+STUDENT_EMBEDDING_OUTPUT = "embedding"
 MIN_EMBEDDING_NORM = 1e-5
 MAX_EMBEDDING_NORM = 1e18
 

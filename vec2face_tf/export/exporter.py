@@ -4,6 +4,7 @@
 
     <export_base>/models.config                     for tensorflow_model_server
     <export_base>/<model_name>/<version>/           SavedModel (TF Serving loads this)
+    <export_base>/<model_name>/student/<version>/   the image student's SavedModel
     <export_base>/<model_name>/tflite/<version>/    generator_<variant>.tflite + vec2face.json
     <export_base>/<model_name>/onnx/<version>/      generator.onnx + vec2face.json
 
@@ -24,7 +25,7 @@ from absl import logging
 from vec2face_tf import config as config_lib
 from vec2face_tf.export import savedmodel
 
-FORMATS = ("savedmodel", "tflite", "onnx")
+FORMATS = ("student", "savedmodel", "tflite", "onnx")
 
 
 def parse_formats(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -54,7 +55,10 @@ def export(model_dir: str | os.PathLike | None, export_base: str | os.PathLike, 
         ``savedmodel``, and to find the int8 calibration cache without ``cache_dir``.
       export_base: the TF Serving base folder.
       model_name: the served model's name (a folder name).
-      formats: ``"all"``, or any of ``savedmodel``, ``tflite``, ``onnx``.
+      formats: ``"all"``, or any of ``student``, ``savedmodel``, ``tflite``, ``onnx``. With
+        ``savedmodel`` (and ``all``) a run's distilled image student is exported too, and
+        the generator's ``vec2face.json`` names its version; ``student`` alone exports only
+        the student (a run trained with ``--stage=student``).
       version: the version to write (savedmodel), or to convert (tflite/onnx alone); default
         the next one, or the latest existing one.
       cache_dir: the run's embedding cache, whose real vectors calibrate the int8 TFLite
@@ -73,11 +77,32 @@ def export(model_dir: str | os.PathLike | None, export_base: str | os.PathLike, 
     model_path = pathlib.Path(model_dir) if model_dir else None
     written: dict = {"model_name": model_name, "formats": list(formats), "seconds": {}}
     started = time.perf_counter()
+    student_entry = None
+    if "student" in formats or "savedmodel" in formats:
+        from vec2face_tf.export import student as student_lib
+
+        if model_path is None:
+            raise savedmodel.ExportError("a SavedModel export needs the training folder "
+                                         "(--model_dir)")
+        if "student" in formats or student_lib.has_student(model_path):
+            student, student_metadata = student_lib.load_student(model_path)
+            exported_student = student_lib.write_student(student, student_metadata,
+                                                         export_base, model_name)
+            student_entry = {"version": exported_student.version,
+                             "path": f"{student_lib.STUDENT_DIR}/{exported_student.version}"}
+            written["student"] = str(exported_student.path)
+            written["seconds"]["student"] = time.perf_counter() - started
+        if formats == ("student",):
+            written["version"] = student_entry["version"]
+            logging.info("exported %s", json.dumps(written))
+            return written
+        started = time.perf_counter()
     if "savedmodel" in formats:
         if model_path is None:
             raise savedmodel.ExportError("a SavedModel export needs the training folder "
                                          "(--model_dir)")
         generator, metadata = savedmodel.load_run(model_path)
+        metadata["student"] = student_entry
         exported = savedmodel.write_savedmodel(generator, metadata, export_base, model_name,
                                                version=version)
         saved_model_dir, version = exported.path, exported.version

@@ -185,6 +185,7 @@ def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model)
         "training_config": json.loads(config.to_json()),
         "thresholds": None,  # filled from the run's cache when it is there
         "train_identities": None,  # filled from the run's split.json
+        "student": None,  # {"version", "path"} of the image student exported beside it
     }
 
 
