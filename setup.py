@@ -61,9 +61,11 @@ setup(
     packages=PACKAGES,
     package_dir={"vec2face_tf.bin.train": "train", "vec2face_tf.bin.export": "export"},
     include_package_data=True,
-    # The demo model we trained (scripts/build_demo.sh): SavedModel, config, evaluation.
+    # The demo model we trained (scripts/build_demo.sh): generator and student SavedModels,
+    # config, evaluation.
     package_data={"vec2face_tf.demo": ["model/*.pb", "model/variables/*", "model/assets/*",
-                                       "*.json", "*.md", "*.png"]},
+                                       "student/*.pb", "student/variables/*",
+                                       "student/assets/*", "*.json", "*.md", "*.png"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={

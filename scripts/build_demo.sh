@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # Rebuilds the bundled demo model (vec2face_tf/demo/) from a finished training run:
 #   bash scripts/build_demo.sh <model_dir> <faces folder>
-# Exports the run's EMA generator as a SavedModel, evaluates it on the run's held-out
-# identities of the faces folder, and copies the model, its training config and the
-# evaluation report into the package. Only models we trained ourselves belong there.
+# Exports the run's EMA generator (and its image student, when it has one) as SavedModels,
+# evaluates the generator on the run's held-out identities of the faces folder, and copies the
+# models, the training config and the evaluation report into the package.
+#   bash scripts/build_demo.sh --student <model_dir> [<benchmark json>]
+# replaces only the demo's student, with the image student of a --stage=student run, and its
+# agreement report (benchmarks/student.py's JSON). Only models we trained ourselves belong there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bin=${VENV:-.venv}/bin
+demo=vec2face_tf/demo
+if [ "${1:-}" = --student ]; then
+  model_dir=${2:?usage: build_demo.sh --student <model_dir> [<benchmark json>]}
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "$bin/vec2face-export" --model_dir="$model_dir" --export_base="$work/exports" \
+    --model_name=demo --format=student
+  rm -rf "$demo/student"
+  cp -r "$work/exports/demo/student/1" "$demo/student"
+  if [ -n "${3:-}" ]; then cp "$3" "$demo/student_report.json"; fi
+  du -sh "$demo/student"
+  exit 0
+fi
 model_dir=${1:?usage: build_demo.sh <model_dir> <faces folder>}
 data=${2:?usage: build_demo.sh <model_dir> <faces folder>}
-bin=${VENV:-.venv}/bin
 cache_dir=$("$bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['cache_dir'])" "$model_dir/run.json")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -18,9 +34,12 @@ trap 'rm -rf "$work"' EXIT
 "$bin/vec2face-eval" --model="$work/exports/demo/1" --data="$data" --cache_dir="$cache_dir" \
   --out="$work/eval"
 
-demo=vec2face_tf/demo
 rm -rf "$demo/model"
 cp -r "$work/exports/demo/1" "$demo/model"
+if [ -d "$work/exports/demo/student/1" ]; then
+  rm -rf "$demo/student"
+  cp -r "$work/exports/demo/student/1" "$demo/student"
+fi
 cp "$model_dir/config.json" "$demo/config.json"
 cp "$work/eval/grid.png" "$work/eval/scores.png" "$demo/"
 # The report names the model by where it now lives, not the temporary export.
