@@ -263,11 +263,13 @@ class Setup:
 
         from vec2face_tf.models import dibigan
 
+        # With the image student (the default), stage 1 trains the flow alone.
+        student = parts.student if self.config.student.kind == "flow" else None
         model = dibigan.FlowStudentTrainer(
-            parts.flow, parts.student, num_bits=self.config.flow.num_bits, center=self.center,
+            parts.flow, student, num_bits=self.config.flow.num_bits, center=self.center,
             global_batch_size=self.batch)
         model.compile(optimizer=keras.optimizers.Adam(self.config.train.flow_lr), **compile_args)
-        model.optimizer.build(parts.flow.trainable_variables + parts.student.trainable_variables)
+        model.optimizer.build(model.trainable_networks_variables)
         return model
 
 
