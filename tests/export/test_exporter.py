@@ -14,8 +14,9 @@ BIN = pathlib.Path(sys.executable).parent
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("all", ("savedmodel", "tflite", "onnx")),
+    ("all", ("student", "savedmodel", "tflite", "onnx")),
     ("onnx,savedmodel", ("savedmodel", "onnx")),
+    ("savedmodel,student", ("student", "savedmodel")),
     (" TFLite ", ("tflite",)),
     (["onnx"], ("onnx",)),
 ])

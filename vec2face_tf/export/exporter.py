@@ -84,7 +84,10 @@ def export(model_dir: str | os.PathLike | None, export_base: str | os.PathLike, 
         if model_path is None:
             raise savedmodel.ExportError("a SavedModel export needs the training folder "
                                          "(--model_dir)")
-        if "student" in formats or student_lib.has_student(model_path):
+        # "all" and "savedmodel" export the student when the run has one; "student" without
+        # "savedmodel" asks for it, so its absence is an error that says why.
+        required = "student" in formats and "savedmodel" not in formats
+        if required or student_lib.has_student(model_path):
             student, student_metadata = student_lib.load_student(model_path)
             exported_student = student_lib.write_student(student, student_metadata,
                                                          export_base, model_name)
