@@ -11,7 +11,9 @@ held-out identities (the ones ``vec2face-eval`` probes), it prints and writes:
      impostor pairs, beside the engine's own TAR on the same pairs;
   3. the held-out (and training) centred cosine against training minutes, from the run's
      ``logs/student/agreement.jsonl``, as a table and a PNG;
-  4. with ``--flow_minutes=N``: the paper's ``C∘H`` flow student (``student.kind=flow``,
+  4. with ``--size_sweep``: parameters and distillation-step time of a few student sizes
+     (batch 64, interleaved rounds so that load hits them alike);
+  5. with ``--flow_minutes=N``: the paper's ``C∘H`` flow student (``student.kind=flow``,
      stage 1's recipe: flow NLL + distillation on P x K batches of the training photos)
      trained here for N minutes, its held-out centred cosine each minute, beside the image
      student's at the same minutes.
@@ -31,6 +33,8 @@ _DEMO = flags.DEFINE_string("demo", None, "Generator SavedModel for the generate
                             "(default: the bundled demo).")
 _FLOW_MINUTES = flags.DEFINE_float("flow_minutes", 0.0, "Train the flow student this long "
                                    "for the comparison (0: skip).", lower_bound=0.0)
+_SIZE_SWEEP = flags.DEFINE_bool("size_sweep", False, "Time the distillation step of a few "
+                                 "student sizes.")
 _FMR = flags.DEFINE_float("fmr", 1e-3, "False-match rate of the as-an-engine comparison.")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON here.")
 _PLOT = flags.DEFINE_string("plot", None, "Write the agreement curves as a PNG here.")
@@ -151,6 +155,50 @@ def _flow_student_curve(config, train_faces, held_out, center, minutes: float) -
     return curve
 
 
+SIZES = (("width 16, blocks 2-2-2-2", 16, (2, 2, 2, 2)),
+         ("width 24, blocks 2-2-2-2", 24, (2, 2, 2, 2)),
+         ("width 32, blocks 2-2-2-2 (cpu64)", 32, (2, 2, 2, 2)),
+         ("width 48, blocks 1-2-2-1", 48, (1, 2, 2, 1)))
+
+
+def _size_sweep(config, dim: int, rounds: int = 3, steps: int = 6) -> list[dict]:
+    import keras
+    import tensorflow as tf
+
+    from vec2face_tf import config as config_lib
+    from vec2face_tf.models import dibigan
+
+    rng = np.random.default_rng(0)
+    batch, res = config.student.batch_size, config.data.resolution
+    images = rng.uniform(-1, 1, (batch, res, res, 3)).astype(np.float32)
+    vectors = rng.standard_normal((batch, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    runs = []
+    for name, width, blocks in SIZES:
+        sized = config_lib.apply_override(
+            config_lib.apply_override(config, f"student.width={width}"),
+            "student.blocks=" + ",".join(map(str, blocks)))
+        student = dibigan.build_student(sized, dim)
+        distiller = dibigan.StudentDistiller(student, center=vectors.mean(0),
+                                             global_batch_size=batch)
+        distiller.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        distiller.make_train_function()
+        step = distiller.train_function
+        iterator = iter(tf.data.Dataset.from_tensors((images, vectors)).repeat())
+        step(iterator)  # trace
+        runs.append({"name": name, "parameters": int(student.count_params()), "step": step,
+                     "iterator": iterator, "seconds": []})
+    for _ in range(rounds):
+        for run in runs:
+            started = time.perf_counter()
+            for _ in range(steps):
+                run["step"](run["iterator"])
+            run["seconds"].append((time.perf_counter() - started) / steps)
+    return [{"name": run["name"], "parameters": run["parameters"],
+             "seconds_per_step": float(np.median(run["seconds"])),
+             "images_per_second": batch / float(np.median(run["seconds"]))} for run in runs]
+
+
 def _plot(path: str, image_curve: list[dict], flow_curve: list[dict]) -> None:
     import matplotlib
 
@@ -193,6 +241,8 @@ def main(argv):
     results.update(_image_student_results(run, info, held_out, center, demo, _FMR.value))
     image_curve = _curve(run)
     results["image_curve"] = image_curve
+    if _SIZE_SWEEP.value:
+        results["sizes"] = _size_sweep(config, held_out.embeddings.shape[1])
     flow_curve = []
     if _FLOW_MINUTES.value:
         flow_curve = _flow_student_curve(config, train_faces, held_out, center,
@@ -221,6 +271,12 @@ def main(argv):
     for entry in image_curve:
         print(f"| {entry['minutes']:.1f} | {entry['step']} | {entry['held_out_centred']:.3f} | "
               f"{entry['train_centred']:.3f} |")
+    if "sizes" in results:
+        print("\n| student size | parameters | s per step (batch 64) | images/s |")
+        print("| --- | --- | --- | --- |")
+        for row in results["sizes"]:
+            print(f"| {row['name']} | {row['parameters'] / 1e6:.2f} M | "
+                  f"{row['seconds_per_step']:.3f} | {row['images_per_second']:.0f} |")
     if flow_curve:
         same = results["same_budget"]
         print(f"\nsame budget, {same['minutes']:.1f} min: flow student "

@@ -16,7 +16,7 @@ bash scripts/bootstrap.sh
   --plot=benchmarks/results/scaling.png
 student_run=${STUDENT_RUN:-$HOME/vec2face-runs/student64}
 if [ -f "$student_run/student.done" ]; then
-  .venv/bin/python benchmarks/student.py --run="$student_run" --flow_minutes=10 \
+  .venv/bin/python benchmarks/student.py --run="$student_run" --flow_minutes=10 --size_sweep \
     --out=benchmarks/results/student.json --plot=docs/student_agreement.png
 else
   echo "benchmarks/student.py skipped: no finished student run at $student_run (set STUDENT_RUN;" \

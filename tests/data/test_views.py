@@ -79,6 +79,18 @@ def test_render_view_refuses_what_is_not_a_square_uint8_rgb_crop():
         render_view(np.zeros((4, 4, 3), np.float32), ViewParams())
 
 
+def _link_photos(faces_dev, folder, identities: int, photos: int):
+    """Links ``photos`` photos each of every 40th faces-dev identity that has that many."""
+    folder.mkdir()
+    chosen = [d for d in sorted(faces_dev.iterdir())
+              if d.is_dir() and len(list(d.glob("*.jpg"))) >= photos][::40][:identities]
+    for identity in chosen:
+        (folder / identity.name).mkdir()
+        for photo in sorted(identity.glob("*.jpg"))[:photos]:
+            (folder / identity.name / photo.name).symlink_to(photo)
+    return folder
+
+
 def _view_keys(cache_dir):
     cache = EmbeddingCache(cache_dir, "dlib", table=VIEWS_TABLE)
     return sorted(cache.load().keys.tolist()) if cache.shard_paths() else []
@@ -86,10 +98,7 @@ def _view_keys(cache_dir):
 
 def test_prepare_views_embeds_each_view_once_and_a_rerun_embeds_nothing(faces_dev, tmp_path,
                                                                         dlib):
-    from conftest import link_identities
-
-    (tmp_path / "data").mkdir()
-    data = link_identities(faces_dev, tmp_path / "data", 40, 3, 2)
+    data = _link_photos(faces_dev, tmp_path / "data", 3, 2)
     stats = prepare(str(data), "dlib", tmp_path / "cache", workers=0, views=2, progress=False)
     assert stats.embedded == 6 and stats.views_embedded == 12 and stats.cache_views == 12
     photos = EmbeddingCache(tmp_path / "cache", "dlib").load()
@@ -121,10 +130,7 @@ prepare(sys.argv[1], "dlib", sys.argv[2], workers=0, batch_size=1, shard_size=2,
 @pytest.mark.fault
 def test_kill_9_while_embedding_views_then_resume_loses_nothing_and_repeats_nothing(
         faces_dev, tmp_path):
-    from conftest import link_identities
-
-    (tmp_path / "data").mkdir()
-    data = link_identities(faces_dev, tmp_path / "data", 40, 4, 2)
+    data = _link_photos(faces_dev, tmp_path / "data", 4, 2)
     cache_dir = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "-c", _KILLABLE_VIEWS, str(data),
                                 str(cache_dir)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
