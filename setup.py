@@ -3,7 +3,7 @@
 import pathlib
 import re
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = pathlib.Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"',
@@ -48,7 +48,10 @@ EXTRAS_REQUIRE = {
 # Binaries live in the top-level train/ and export/ folders (tensorflow/models style) and are
 # installed as vec2face_tf.bin.train / vec2face_tf.bin.export so that no generic top-level
 # package names leak into site-packages.
-PACKAGES = find_packages(include=["vec2face_tf", "vec2face_tf.*"])
+# Namespace discovery, so that the demo's data folders (model/, model/variables/, student/...)
+# are declared too: setuptools warns about every importable folder it is not told about.
+PACKAGES = find_namespace_packages(include=["vec2face_tf", "vec2face_tf.*"],
+                                   exclude=["*.__pycache__"])
 PACKAGES += ["vec2face_tf.bin.train", "vec2face_tf.bin.export"]
 
 setup(
