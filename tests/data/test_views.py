@@ -119,9 +119,21 @@ def test_prepare_views_embeds_each_view_once_and_a_rerun_embeds_nothing(faces_de
     assert EmbeddingCache(tmp_path / "cache", "dlib", table=VIEWS_TABLE).verify().ok
 
 
+# The run writes its first shard of views (2 views), announces it in a file and waits there
+# for the test's kill -9: the kill lands at the same point on a quiet or a loaded machine.
 _KILLABLE_VIEWS = """
-import sys
+import pathlib, sys, time
+from vec2face_tf.data import cache as cache_module
 from vec2face_tf.data.prepare import prepare
+original = cache_module.EmbeddingCache.write_shard
+def write_then_wait(self, faces, skips):
+    path = original(self, faces, skips)
+    if self.table == "views" and faces:
+        pathlib.Path(sys.argv[3]).write_text(str(path))
+        while True:
+            time.sleep(0.01)
+    return path
+cache_module.EmbeddingCache.write_shard = write_then_wait
 prepare(sys.argv[1], "dlib", sys.argv[2], workers=0, batch_size=1, shard_size=2,
         progress=False, views=2)
 """
@@ -131,30 +143,25 @@ prepare(sys.argv[1], "dlib", sys.argv[2], workers=0, batch_size=1, shard_size=2,
 def test_kill_9_while_embedding_views_then_resume_loses_nothing_and_repeats_nothing(
         faces_dev, tmp_path):
     data = _link_photos(faces_dev, tmp_path / "data", 4, 2)
-    cache_dir = tmp_path / "cache"
+    cache_dir, written = tmp_path / "cache", tmp_path / "written"
     process = subprocess.Popen([sys.executable, "-c", _KILLABLE_VIEWS, str(data),
-                                str(cache_dir)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    views_dir = cache_dir.glob(f"*/*/{VIEWS_TABLE}")
+                                str(cache_dir), str(written)],
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     try:
-        # Killed once the first view shard (2 views) is on disk: the run cannot finish first,
-        # since 14 more views remain and each takes the engine tens of milliseconds.
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            views_dir = list(cache_dir.glob(f"*/*/{VIEWS_TABLE}/shard-*.npz"))
-            if views_dir:
-                break
-            time.sleep(0.01)
-        assert process.poll() is None, "the run finished before it could be killed"
+        while process.poll() is None and not written.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert written.exists(), "the run never wrote its first shard of views"
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     finally:
         if process.poll() is None:
             process.kill()
     before = _view_keys(cache_dir)
-    assert 2 <= len(before) < 16
+    assert len(before) == 2  # one shard of two views, then the kill
     resumed = prepare(str(data), "dlib", cache_dir, workers=0, views=2, progress=False)
     after = _view_keys(cache_dir)
-    assert resumed.views_embedded == 16 - len(before) and resumed.views_cached == len(before)
+    assert resumed.views_embedded == 14 and resumed.views_cached == 2
     assert len(after) == len(set(after)) == 16  # each view exactly once
     assert EmbeddingCache(cache_dir, "dlib", table=VIEWS_TABLE).verify().ok
 
