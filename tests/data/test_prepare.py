@@ -157,7 +157,10 @@ def test_kill_9_mid_run_then_resume_loses_nothing_and_repeats_nothing(faces_dev,
 # The run blocks as it starts its 4th photo, after announcing it in a file, until Ctrl-C
 # arrives: the interrupt lands at the same point on a quiet or a loaded machine.
 _INTERRUPTIBLE_RUN = """
-import pathlib, sys, time
+import pathlib, signal, sys, time
+# A shell's background job starts with SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler: restore it, so the test does not depend on how it was started.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from vec2face_tf.data import prepare as prepare_module
 original, calls = prepare_module.decode_image, 0
 def decode_or_wait(*args, **kwargs):
