@@ -7,6 +7,9 @@
 #   bash scripts/build_demo.sh --student <model_dir> [<benchmark json>]
 # replaces only the demo's student, with the image student of a --stage=student run, and its
 # agreement report (benchmarks/student.py's JSON). Only models we trained ourselves belong there.
+#   bash scripts/build_demo.sh --refresh
+# re-exports the demo's own generator and student, weights unchanged, with this package's
+# signatures (for example sample_float / embed_float, which query refinement needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${VENV:-.venv}/bin
@@ -21,6 +24,28 @@ if [ "${1:-}" = --student ]; then
   cp -r "$work/exports/demo/student/1" "$demo/student"
   if [ -n "${3:-}" ]; then cp "$3" "$demo/student_report.json"; fi
   du -sh "$demo/student"
+  exit 0
+fi
+if [ "${1:-}" = --refresh ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "$bin/python" - "$demo" "$work" <<'PYTHON'
+import os, sys
+from vec2face_tf.export import savedmodel, student
+demo, work = sys.argv[1], sys.argv[2]
+generator, metadata = savedmodel.load_exported_generator(f"{demo}/model")
+savedmodel.write_savedmodel(generator, metadata, work, "demo", version=1)
+if os.path.isdir(f"{demo}/student"):
+    model, student_metadata = student.load_exported_student(f"{demo}/student")
+    student.write_student(model, student_metadata, work, "demo", version=1)
+PYTHON
+  rm -rf "$demo/model"
+  cp -r "$work/demo/1" "$demo/model"
+  if [ -d "$work/demo/student/1" ]; then
+    rm -rf "$demo/student"
+    cp -r "$work/demo/student/1" "$demo/student"
+  fi
+  du -sh "$demo/model" "$demo/student"
   exit 0
 fi
 model_dir=${1:?usage: build_demo.sh <model_dir> <faces folder>}

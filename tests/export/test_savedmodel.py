@@ -29,7 +29,7 @@ def _serve(loaded, embedding):
 
 
 def test_signatures_follow_the_contract(loaded, smoke_export):
-    assert set(loaded.signatures) == {"serving_default", "sample"}
+    assert set(loaded.signatures) == {"serving_default", "sample", "sample_float"}
     serving = loaded.signatures["serving_default"]
     assert serving.structured_input_signature[1] == {
         "embedding": tf.TensorSpec([None, D], tf.float32, name="embedding")}
@@ -212,3 +212,47 @@ def test_each_weight_is_saved_once(smoke_export, smoke_run):
     weight_bytes = 4 * generator.count_params()
     data = sum(p.stat().st_size for p in (smoke_export.path / "variables").glob("*.data*"))
     assert weight_bytes <= data < 1.05 * weight_bytes
+
+
+def test_sample_float_is_sample_before_rounding_and_passes_gradients(loaded):
+    embedding = _unit_rows(3, seed=7)
+    noise = np.random.default_rng(8).standard_normal((3, Z)).astype(np.float32)
+    signature = loaded.signatures["sample_float"]
+    assert signature.structured_input_signature[1] == {
+        "embedding": tf.TensorSpec([None, D], tf.float32, name="embedding"),
+        "noise": tf.TensorSpec([None, Z], tf.float32, name="noise")}
+    faces = signature(embedding=tf.constant(embedding), noise=tf.constant(noise))["image"]
+    assert faces.dtype == tf.float32 and faces.shape == (3, SIZE, SIZE, 3)
+    assert float(tf.reduce_min(faces)) >= -1.0 and float(tf.reduce_max(faces)) <= 1.0
+    rounded = loaded.signatures["sample"](embedding=tf.constant(embedding),
+                                          noise=tf.constant(noise))["image"].numpy()
+    np.testing.assert_array_equal(savedmodel.to_uint8_image(faces).numpy(), rounded)
+    inputs = [tf.constant(embedding), tf.constant(noise)]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        value = tf.reduce_mean(signature(embedding=inputs[0], noise=inputs[1])["image"])
+    gradients = tape.gradient(value, inputs)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients)
+
+
+def test_an_export_rebuilt_from_its_own_weights_gives_the_same_faces(loaded, smoke_export,
+                                                                     tmp_path):
+    generator, metadata = savedmodel.load_exported_generator(smoke_export.path)
+    assert metadata["signatures"] == savedmodel.read_metadata(smoke_export.path)["signatures"]
+    written = savedmodel.write_savedmodel(generator, metadata, tmp_path, "again")
+    again = tf.saved_model.load(str(written.path))
+    embedding = _unit_rows(4, seed=3)
+    noise = np.random.default_rng(4).standard_normal((4, Z)).astype(np.float32)
+    for name in ("sample", "sample_float"):
+        np.testing.assert_array_equal(
+            again.signatures[name](embedding=embedding, noise=noise)["image"].numpy(),
+            loaded.signatures[name](embedding=embedding, noise=noise)["image"].numpy())
+
+
+def test_rebuilding_from_another_architecture_is_a_named_error(smoke_export):
+    import keras
+
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")],
+                             name="generator")
+    with pytest.raises(savedmodel.ExportError, match="has no weight generator/dense"):
+        savedmodel.restore_exported_weights(other, smoke_export.path)

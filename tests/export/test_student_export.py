@@ -142,3 +142,49 @@ def test_runs_without_a_distilled_image_student_are_refused(student_run, tmp_pat
         student_export.load_student(unfinished)
     with pytest.raises(savedmodel.ExportError, match="not a training folder"):
         student_export.load_student(tmp_path / "nothing")
+
+
+def test_embed_float_matches_serving_default_and_passes_gradients(exported):
+    base, _ = exported
+    loaded = tf.saved_model.load(str(base / "m" / "student" / "1"))
+    assert set(loaded.signatures) == {"serving_default", "embed_float"}
+    faces = _faces()
+    expected = loaded.signatures["serving_default"](image=tf.constant(faces))["embedding"]
+    vectors = loaded.signatures["embed_float"](image=tf.constant(from_uint8(faces)))
+    np.testing.assert_allclose(vectors["embedding"].numpy(), expected.numpy(), atol=1e-6)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError),
+                       match="image must be float32\\[batch, 32, 32, 3\\]"):
+        loaded.signatures["embed_float"](image=tf.constant(from_uint8(_faces(size=16))))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="NaN or Inf"):
+        loaded.signatures["embed_float"](image=tf.fill([1, 32, 32, 3], float("nan")))
+
+
+def test_a_student_rebuilt_from_its_export_gives_the_same_vectors(exported, tmp_path):
+    base, _ = exported
+    model, metadata = student_export.load_exported_student(base / "m" / "student" / "1")
+    written = student_export.write_student(model, metadata, tmp_path, "again")
+    faces = tf.constant(_faces())
+    vectors = [tf.saved_model.load(str(path)).signatures["serving_default"](image=faces)[
+        "embedding"].numpy() for path in (base / "m" / "student" / "1", written.path)]
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    assert metadata["center"] == [0.01] * 128
+
+
+def test_embed_float_passes_gradients_to_the_image(tmp_path):
+    # A width-16 student: TF 2.21's oneDNN CPU kernels crash (double free) on the input
+    # gradient of a 1x1 stride-2 convolution with <= 8 input channels, which the smoke
+    # student's width 4 has; cpu64's width 32 does not (measured, benchmarks/NOTES.md).
+    from vec2face_tf import config as config_lib
+    from vec2face_tf.models import dibigan
+
+    config = config_lib.get_config("smoke", ["student.width=16"])
+    student_export.build_student_archive(dibigan.build_student(config, 128)).write_out(
+        str(tmp_path / "student"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "student"))
+    signature = loaded.signatures["embed_float"]
+    floats = tf.constant(from_uint8(_faces()))
+    with tf.GradientTape() as tape:
+        tape.watch(floats)
+        value = tf.reduce_sum(signature(image=floats)["embedding"][:, 0])
+    gradient = tape.gradient(value, floats)
+    assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0

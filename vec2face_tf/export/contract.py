@@ -27,6 +27,10 @@ import numpy as np
 
 SERVING_SIGNATURE = "serving_default"
 SAMPLE_SIGNATURE = "sample"
+# Beside the contract, for query refinement: the same computation as ``sample`` before the
+# rounding to uint8, so that a gradient reaches the generator's inputs. Its ``image`` output is
+# float32[None, H, W, 3] in [-1, 1].
+SAMPLE_FLOAT_SIGNATURE = "sample_float"
 EMBEDDING_INPUT = "embedding"
 NOISE_INPUT = "noise"
 IMAGE_OUTPUT = "image"
@@ -34,6 +38,9 @@ IMAGE_OUTPUT = "image"
 STUDENT_DIR = "student"
 STUDENT_IMAGE_INPUT = "image"
 STUDENT_EMBEDDING_OUTPUT = "embedding"
+# The student's differentiable entry: ``image`` float32[None, H, W, 3] in [-1, 1] (what
+# ``sample_float`` returns) -> ``embedding``.
+STUDENT_FLOAT_SIGNATURE = "embed_float"
 MIN_EMBEDDING_NORM = 1e-5
 MAX_EMBEDDING_NORM = 1e18
 

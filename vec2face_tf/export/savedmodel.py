@@ -1,10 +1,13 @@
 """The exported generator: a SavedModel in TF Serving's layout (DESIGN §3).
 
-``<export_base>/<model_name>/<version>/`` holds a SavedModel with two signatures:
+``<export_base>/<model_name>/<version>/`` holds a SavedModel with the two contract signatures:
 
 - ``serving_default``: ``embedding`` float32[None, D] (raw engine output, L2-normalised inside)
   -> ``image`` uint8[None, H, W, 3] RGB aligned crop, with noise = 0;
 - ``sample``: ``embedding`` float32[None, D], ``noise`` float32[None, Z] -> ``image``;
+
+and, for query refinement, ``sample_float``: the inputs of ``sample`` -> ``image`` float32
+[None, H, W, 3] in [-1, 1], before the rounding, so that a gradient reaches the inputs;
 
 and the asset ``assets/vec2face.json`` (engine, D, H, W, Z, crop spec, package version, training
 config, and the engine's thresholds at FMR 1e-2/1e-3/1e-4 measured on the run's cached faces
@@ -36,6 +39,7 @@ from vec2face_tf.export.contract import (
     MAX_EMBEDDING_NORM,
     MIN_EMBEDDING_NORM,
     NOISE_INPUT,
+    SAMPLE_FLOAT_SIGNATURE,
     SAMPLE_SIGNATURE,
     SERVING_SIGNATURE,
 )
@@ -164,6 +168,55 @@ def load_run(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     return generator, metadata
 
 
+def restore_exported_weights(model: keras.Model, version_dir: str | os.PathLike) -> None:
+    """Sets ``model``'s weights to those of the SavedModel in ``version_dir``, by variable path.
+
+    A random-seed state (dropout's) is not exported and keeps its value.
+
+    Raises:
+      ExportError: when a weight of ``model`` is missing from the SavedModel or has another
+        shape there (a SavedModel of a different architecture).
+    """
+    try:
+        loaded = tf.saved_model.load(str(version_dir))
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise ExportError(f"cannot load the SavedModel {version_dir}: {error}") from None
+    def inside_model(path: str) -> str:
+        # Keras names a second model of a class "generator_2": match below the model's name.
+        return path.split(":")[0].partition("/")[2]
+
+    saved = {inside_model(variable.name): variable
+             for variable in tf.train.TrackableView(loaded).descendants()
+             if isinstance(variable, tf.Variable)}
+    for variable in model.variables:
+        if variable.path.startswith("seed_generator"):
+            continue
+        source = saved.get(inside_model(variable.path))
+        if source is None or tuple(source.shape) != tuple(variable.shape):
+            found = None if source is None else tuple(source.shape)
+            raise ExportError(f"{version_dir} has no weight {variable.path} of shape "
+                              f"{tuple(variable.shape)} (found {found}): it was exported from "
+                              "another architecture")
+        variable.assign(source)
+
+
+def load_exported_generator(version_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """An exported generator rebuilt as a Keras model from its own weights, and its metadata.
+
+    For re-exporting a generator (the bundled demo's, say) with this package's signatures when
+    its training folder is gone; the metadata's ``signatures`` are updated to match.
+    """
+    metadata = read_metadata(version_dir)
+    if metadata.get("format") != "vec2face_tf generator":
+        raise ExportError(f"{version_dir} is not a vec2face_tf generator export")
+    config = config_lib.config_from_dict(metadata["training_config"])
+    generator = dibigan.build_generator(config, int(metadata["embedding_dim"]))
+    restore_exported_weights(generator, version_dir)
+    fresh = metadata_for(config, metadata["engine"], generator)
+    return generator, {**metadata, "signatures": fresh["signatures"],
+                       "package_version": fresh["package_version"]}
+
+
 def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model) -> dict:
     """The ``vec2face.json`` asset: what a client needs to use the model correctly."""
     return {
@@ -181,6 +234,9 @@ def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model)
             SAMPLE_SIGNATURE: {"inputs": {"embedding": "float32[None, D]",
                                           "noise": "float32[None, Z]"},
                                "outputs": {"image": "uint8[None, H, W, 3]"}},
+            SAMPLE_FLOAT_SIGNATURE: {"inputs": {"embedding": "float32[None, D]",
+                                                "noise": "float32[None, Z]"},
+                                     "outputs": {"image": "float32[None, H, W, 3] in [-1, 1]"}},
         },
         "training_config": json.loads(config.to_json()),
         "thresholds": None,  # filled from the run's cache when it is there
@@ -190,7 +246,7 @@ def metadata_for(config: config_lib.Config, engine: str, generator: keras.Model)
 
 
 def build_archive(generator: keras.Model) -> keras.export.ExportArchive:
-    """An ``ExportArchive`` with the two contract signatures of ``generator``.
+    """An ``ExportArchive`` with the contract signatures of ``generator`` and ``sample_float``.
 
     ``ExportArchive`` (not a bare ``tf.Module``) because it tracks the Keras variables so that
     the TFLite converter freezes them; a ``tf.Module`` export converts to a NaN TFLite model.
@@ -204,7 +260,7 @@ def build_archive(generator: keras.Model) -> keras.export.ExportArchive:
         noise = tf.zeros([tf.shape(embedding)[0], noise_dim], tf.float32)
         return {IMAGE_OUTPUT: to_uint8_image(generator([embedding, noise], training=False))}
 
-    def sample(embedding, noise):
+    def sample_faces(embedding, noise):
         embedding = checked_embedding(embedding, dim)
         noise = checked_matrix(noise, noise_dim, "noise (noise dimension Z)")
         same_batch = tf.debugging.assert_equal(
@@ -212,11 +268,20 @@ def build_archive(generator: keras.Model) -> keras.export.ExportArchive:
             message="noise and embedding must have the same batch size")
         with tf.control_dependencies([same_batch]):
             noise = tf.debugging.assert_all_finite(noise, "noise contains NaN or Inf")
-        return {IMAGE_OUTPUT: to_uint8_image(generator([embedding, noise], training=False))}
+        return tf.cast(generator([embedding, noise], training=False), tf.float32)
+
+    def sample(embedding, noise):
+        return {IMAGE_OUTPUT: to_uint8_image(sample_faces(embedding, noise))}
+
+    def sample_float(embedding, noise):
+        return {IMAGE_OUTPUT: sample_faces(embedding, noise)}
 
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[
         tf.TensorSpec([None, dim], tf.float32, name=EMBEDDING_INPUT)])
     archive.add_endpoint(SAMPLE_SIGNATURE, sample, input_signature=[
+        tf.TensorSpec([None, dim], tf.float32, name=EMBEDDING_INPUT),
+        tf.TensorSpec([None, noise_dim], tf.float32, name=NOISE_INPUT)])
+    archive.add_endpoint(SAMPLE_FLOAT_SIGNATURE, sample_float, input_signature=[
         tf.TensorSpec([None, dim], tf.float32, name=EMBEDDING_INPUT),
         tf.TensorSpec([None, noise_dim], tf.float32, name=NOISE_INPUT)])
     # Keras 3.15 saves every weight twice: once as the Keras variables that track() lists and

@@ -5,6 +5,8 @@ ignores) holds a SavedModel with one signature:
 
 - ``serving_default``: ``image`` uint8[None, H, W, 3] (the aligned crop at the training
   resolution) -> ``embedding`` float32[None, D], unit rows;
+- ``embed_float``: ``image`` float32[None, H, W, 3] in [-1, 1] -> ``embedding``, the
+  differentiable entry that query refinement chains to the generator's ``sample_float``;
 
 and the asset ``assets/vec2face.json`` (engine, D, H, W, crop, the mean engine vector of the
 training photos that "centred cosine" subtracts, the training identities, package version and
@@ -28,15 +30,25 @@ from vec2face_tf.export.contract import (
     SERVING_SIGNATURE,
     STUDENT_DIR,
     STUDENT_EMBEDDING_OUTPUT,
+    STUDENT_FLOAT_SIGNATURE,
     STUDENT_IMAGE_INPUT,
 )
 from vec2face_tf.models import dibigan
 
 STUDENT_DONE = "student.done"
+STUDENT_SIGNATURES = {
+    SERVING_SIGNATURE: {
+        "inputs": {STUDENT_IMAGE_INPUT: "uint8[None, H, W, 3]"},
+        "outputs": {STUDENT_EMBEDDING_OUTPUT: "float32[None, D], unit rows"}},
+    STUDENT_FLOAT_SIGNATURE: {
+        "inputs": {STUDENT_IMAGE_INPUT: "float32[None, H, W, 3] in [-1, 1]"},
+        "outputs": {STUDENT_EMBEDDING_OUTPUT: "float32[None, D], unit rows"}},
+}
 
 
-def checked_images(images: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """``images`` unchanged, after an in-graph check that they are uint8[batch>0, H, W, 3].
+def checked_images(images: tf.Tensor, height: int, width: int,
+                   dtype_text: str = "uint8") -> tf.Tensor:
+    """``images`` unchanged, after an in-graph check that they are [batch>0, H, W, 3].
 
     A loaded signature feeds tensors of any shape past the declared ``[None, H, W, 3]``, so
     the check reads the runtime shape (padded, so that a lower rank cannot pass).
@@ -47,7 +59,7 @@ def checked_images(images: tf.Tensor, height: int, width: int) -> tf.Tensor:
     is_faces = tf.logical_and(tf.equal(tf.size(shape), 4),
                               tf.reduce_all(tf.equal(padded[1:4], expected)))
     with tf.control_dependencies([tf.debugging.Assert(is_faces, [
-            f"image must be uint8[batch, {height}, {width}, 3] aligned RGB crops at the "
+            f"image must be {dtype_text}[batch, {height}, {width}, 3] aligned RGB crops at the "
             "student's resolution; got shape", shape])]):
         images = tf.identity(images)
     with tf.control_dependencies([tf.debugging.assert_positive(
@@ -99,9 +111,7 @@ def load_student(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
         "width": int(student.resolution),
         "crop": dataclasses.asdict(config.crop),
         "package_version": vec2face_tf.__version__,
-        "signatures": {SERVING_SIGNATURE: {
-            "inputs": {STUDENT_IMAGE_INPUT: "uint8[None, H, W, 3]"},
-            "outputs": {STUDENT_EMBEDDING_OUTPUT: "float32[None, D], unit rows"}}},
+        "signatures": STUDENT_SIGNATURES,
         "center": _training_center(model_path),
         "training_config": json.loads(config.to_json()),
         "train_identities": None,
@@ -110,6 +120,22 @@ def load_student(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
     if split_file.exists():
         metadata["train_identities"] = json.loads(split_file.read_text())["train_identities"]
     return student, metadata
+
+
+def load_exported_student(version_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
+    """An exported student rebuilt as a Keras model from its own weights, and its metadata.
+
+    For re-exporting a student (the bundled demo's, say) with this package's signatures when
+    its training folder is gone; the metadata's ``signatures`` are updated to match.
+    """
+    metadata = savedmodel.read_metadata(version_dir)
+    if metadata.get("format") != "vec2face_tf student":
+        raise savedmodel.ExportError(f"{version_dir} is not a vec2face_tf student export")
+    config = config_lib.config_from_dict(metadata["training_config"])
+    student = dibigan.build_student(config, int(metadata["embedding_dim"]))
+    savedmodel.restore_exported_weights(student, version_dir)
+    return student, {**metadata, "signatures": STUDENT_SIGNATURES,
+                     "package_version": vec2face_tf.__version__}
 
 
 def _training_center(model_path: pathlib.Path) -> list[float] | None:
@@ -131,8 +157,15 @@ def build_student_archive(student: keras.Model) -> keras.export.ExportArchive:
         faces = tf.cast(image, tf.float32) / 127.5 - 1.0
         return {STUDENT_EMBEDDING_OUTPUT: student(faces, training=False)}
 
+    def embed_float(image):
+        faces = checked_images(image, height, width, "float32")
+        faces = tf.debugging.assert_all_finite(faces, "image contains NaN or Inf")
+        return {STUDENT_EMBEDDING_OUTPUT: student(faces, training=False)}
+
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[
         tf.TensorSpec([None, height, width, 3], tf.uint8, name=STUDENT_IMAGE_INPUT)])
+    archive.add_endpoint(STUDENT_FLOAT_SIGNATURE, embed_float, input_signature=[
+        tf.TensorSpec([None, height, width, 3], tf.float32, name=STUDENT_IMAGE_INPUT)])
     # As for the generator: keep each weight once (savedmodel.build_archive says why).
     for name in ("variables", "trainable_variables", "non_trainable_variables"):
         setattr(archive._tf_trackable, name, [])

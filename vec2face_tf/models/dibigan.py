@@ -75,19 +75,25 @@ def _build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
     flow = flow_lib.BijectiveFlow.from_flow_config(config.flow, resolution,
                                                    prior=config.flow.prior)
     student = build_student(config, embedding_dim, flow.latent_shapes)
-    generator = Generator(
-        resolution=resolution, embedding_dim=embedding_dim,
-        noise_dim=config.generator.noise_dim, base_channels=config.generator.base_channels,
-        min_channels=config.generator.min_channels,
-        start_resolution=config.generator.start_resolution,
-        rgb_scales=config.generator.rgb_scales)
-    generator([tf.zeros([1, embedding_dim]), tf.zeros([1, config.generator.noise_dim])])
+    generator = build_generator(config, embedding_dim)
     discriminator = Discriminator(
         resolution=resolution, embedding_dim=embedding_dim,
         base_channels=config.discriminator.base_channels,
         max_channels=config.discriminator.max_channels)
     discriminator([tf.zeros([1, resolution, resolution, 3]), tf.zeros([1, embedding_dim])])
     return DiBiGANParts(flow, student, generator, discriminator)
+
+
+def build_generator(config: Config, embedding_dim: int) -> keras.Model:
+    """The generator G of ``config``, built (under the current dtype policy)."""
+    generator = Generator(
+        resolution=config.data.resolution, embedding_dim=embedding_dim,
+        noise_dim=config.generator.noise_dim, base_channels=config.generator.base_channels,
+        min_channels=config.generator.min_channels,
+        start_resolution=config.generator.start_resolution,
+        rgb_scales=config.generator.rgb_scales)
+    generator([tf.zeros([1, embedding_dim]), tf.zeros([1, config.generator.noise_dim])])
+    return generator
 
 
 def build_student(config: Config, embedding_dim: int, latent_shapes=None) -> keras.Model:
