@@ -1,6 +1,10 @@
 """The bundled demo model and the README's main job (inverting skimage's astronaut)."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -44,6 +48,53 @@ def test_readme_main_job_inverts_the_astronaut_offline(tmp_path):
     for name in ("reconstruction.png", "side_by_side.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     assert json.loads((tmp_path / "result.json").read_text())["cosine"] == result["cosine"]
+
+
+def test_invert_with_queries_refines_the_demo_astronaut_within_its_budget(tmp_path, dlib):
+    from PIL import Image
+
+    result = invert.invert(None, tmp_path, image="skimage:astronaut", queries=40,
+                           stop_at=None, seed=1)
+    refined = result["refinement"]
+    assert refined["budget"] == 40 and refined["queries"] <= 40
+    assert refined["trajectory"][-1]["queries"] == refined["queries"]
+    assert refined["stopped"] == "budget" and refined["guide"].endswith("student")
+    best = [step["best_score"] for step in refined["trajectory"]]
+    assert best == sorted(best) and best[0] == refined["feed_forward_cosine"]
+    assert refined["cosine"] == best[-1] >= refined["feed_forward_cosine"]
+    # The kept face really scores what the report says: embed the written PNG independently.
+    template = np.array(json.loads((tmp_path / "template.json").read_text())["embedding"])
+    face = np.asarray(Image.open(tmp_path / "reconstruction.png"))
+    vector = dlib.embed(face[None])[0]
+    assert float(vector @ template / np.linalg.norm(template)) == pytest.approx(
+        refined["cosine"], abs=1e-5)
+    assert result["cosine"] == refined["cosine"]
+    for entry in refined["decisions"].values():
+        assert entry["passes"] == (refined["cosine"] > entry["threshold"])
+        assert entry["feed_forward_passes"] == (refined["feed_forward_cosine"] >
+                                                entry["threshold"])
+    for name in ("refinement.png", "feed_forward.png", "side_by_side.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    text = invert.summary(result)
+    assert "feed-forward" in text and "refined" in text and f"{refined['queries']} of 40" in text
+
+
+def test_invert_binary_refines_and_reads_cleanly(tmp_path):
+    # The installed console script, as a user runs it (it imports vec2face_tf.bin first).
+    script = pathlib.Path(sys.executable).parent / "vec2face-invert"
+    assert script.exists(), f"{script} is missing: install the package (pip install -e .)"
+    completed = subprocess.run(
+        [str(script), "--image=skimage:astronaut", f"--out={tmp_path}", "--queries=20"],
+        capture_output=True, text=True, timeout=300,
+        env={key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"})
+    assert completed.returncode == 0, completed.stderr
+    assert "query refinement:" in completed.stdout and "of 20 engine queries" in completed.stdout
+    assert "FMR 0.0001" in completed.stdout
+    # TensorFlow's C++ start-up lines are gone (the user did not ask for them).
+    for noise in ("I0000", "cuInit", "absl::InitializeLog"):
+        assert noise not in completed.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["refinement"]["queries"] <= 20
 
 
 @pytest.fixture(scope="module")

@@ -303,9 +303,12 @@ def test_an_engine_that_cannot_load_costs_only_the_score(smoke_export, tmp_path)
     model = _export_copy(smoke_export, tmp_path, engine="onnx:/nonexistent/engine.onnx",
                          thresholds=_thresholds(0.5))
     vector = _write_vector(tmp_path / "v.npy", np.linspace(-1, 1, D))
-    result = invert.invert(model, tmp_path / "out", vector=vector, samples=2)
+    # The default refinement queries the engine: without it, the feed-forward face is written.
+    result = invert.invert(model, tmp_path / "out", vector=vector, samples=2, queries=50)
 
     assert _read_png(tmp_path / "out" / "reconstruction.png").shape == (SIZE, SIZE, 3)
+    assert result["refinement"] is None
+    assert result["refinement_note"].startswith("no query refinement: it queries the model's")
     assert result["cosine"] is None and result["passes"] is None
     assert result["samples"]["cosines"] is None and result["samples"]["passes"] is None
     assert "could not be loaded" in result["score_note"]
@@ -313,6 +316,7 @@ def test_an_engine_that_cannot_load_costs_only_the_score(smoke_export, tmp_path)
     assert result["threshold"] == 0.5  # still reported
     text = invert.summary(result)
     assert "no cosine: the engine" in text and "cannot be decided" in text
+    assert "no query refinement" in text
     # A photo cannot even be embedded without the engine.
     with pytest.raises(InvertError, match="must be embedded by the model's engine"):
         invert.invert(model, tmp_path / "photo", image="skimage:astronaut")
@@ -344,8 +348,19 @@ def test_the_binary_prints_the_verdict_and_exits_on_errors(passing_model, real_f
                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert f"cosine (input vs reconstruction, dlib): {result['cosine']:.4f}" in done.stdout
+    # Refinement is on by default; this model's thresholds stop at FMR 1e-3 (-1.0), so the
+    # feed-forward face passes its target at once: one query.
+    refined = result["refinement"]
+    assert refined["queries"] == 1 and refined["stopped"] == "target"
+    assert "the model has no threshold at FMR 0.0001" in refined["stop_at"]
+    assert (f"feed-forward {refined['feed_forward_cosine']:.4f} -> refined "
+            f"{result['cosine']:.4f}") in done.stdout
     assert "PASS at FMR 1e-3" in done.stdout
+    plain = subprocess.run(binary + [f"--vector={tmp_path / 'template.npy'}", "--queries=0"],
+                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["refinement"] is None
+    assert f"cosine (input vs reconstruction, dlib): {result['cosine']:.4f}" in plain.stdout
 
     failed = subprocess.run(binary + [f"--vector={tmp_path / 'short.npy'}"],
                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)

@@ -1,12 +1,13 @@
 """The bundled demo model: a ``cpu64`` generator and image student we trained on faces-dev
 (and faces-extra) against dlib.
 
-``model/`` is the generator's exported SavedModel (``serving_default`` and ``sample``, with
-``assets/vec2face.json``); ``config.json`` and ``report.json``/``report.md`` beside it are its
-training config and its evaluation on held-out identities. ``student/`` is the distilled image
-student's SavedModel (``serving_default``: aligned 64 px face -> unit dlib-like vector), with
-its own ``assets/vec2face.json`` and ``student_report.json`` (its agreement with dlib on the
-held-out identities).
+``model/`` is the generator's exported SavedModel (``serving_default`` and ``sample``, and
+``sample_float`` for query refinement, with ``assets/vec2face.json``); ``config.json`` and
+``report.json``/``report.md`` beside it are its training config and its evaluation on held-out
+identities. ``student/`` is the distilled image student's SavedModel (``serving_default``:
+aligned 64 px face -> unit dlib-like vector; ``embed_float``: the same from a float image,
+differentiable), with its own ``assets/vec2face.json`` and ``student_report.json`` (its
+agreement with dlib on the held-out identities).
 """
 
 from __future__ import annotations

@@ -15,7 +15,11 @@ Files written into the output folder:
 - ``template.json``: the template that was inverted (for a photo, its engine vector), in the
   form ``--vector`` reads;
 - with ``samples`` > 0: ``sample_<i>.png`` (the ``sample`` signature at seeded standard-normal
-  noise) and ``samples.png``, all of them in a row next to the noise-0 reconstruction.
+  noise) and ``samples.png``, all of them in a row next to the noise-0 reconstruction;
+- with ``queries`` > 0 (query refinement, ``vec2face_tf.refinement``): ``reconstruction.png``
+  is the refined face, ``feed_forward.png`` the generator's own, ``refinement.png`` the engine
+  cosine against the queries spent with the FMR thresholds, and ``result.json`` carries the
+  trajectory, the queries used and the decision at every FMR before and after.
 
 Files left by an earlier run into the same folder are not removed; ``result.json`` lists the
 files of this run.
@@ -54,6 +58,11 @@ RECONSTRUCTION_FILE = "reconstruction.png"
 SIDE_BY_SIDE_FILE = "side_by_side.png"
 SAMPLES_FILE = "samples.png"
 RESULT_FILE = "result.json"
+FEED_FORWARD_FILE = "feed_forward.png"
+REFINEMENT_FILE = "refinement.png"
+# vec2face-invert's default: a modest budget that stops once the face passes at FMR 1e-4.
+DEFAULT_QUERIES = 100
+DEFAULT_STOP_AT = "fmr=1e-4"
 TEMPLATE_FILE = "template.json"
 _NPZ_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive
 
@@ -420,7 +429,9 @@ def _score_text(cosine: float | None, decision: dict, separator: str = " ") -> s
 
 def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
            image: str | os.PathLike | None = None, vector: str | os.PathLike | None = None,
-           samples: int = 0, seed: int = 0) -> dict:
+           samples: int = 0, seed: int = 0, queries: int = 0,
+           stop_at: str | None = DEFAULT_STOP_AT,
+           student: str | os.PathLike | None | bool = None) -> dict:
     """Inverts one template with an exported generator and writes what it shows.
 
     Args:
@@ -432,13 +443,23 @@ def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
       vector: a ``.npy`` / ``.json`` template of the model's engine (see ``load_vector``).
       samples: how many faces to also draw from the ``sample`` signature (0 to
         ``MAX_SAMPLES``).
-      seed: seed of the samples' standard-normal noise.
+      seed: seed of the samples' standard-normal noise and of the refinement's directions.
+      queries: the refinement's budget of engine queries (0: the feed-forward face alone;
+        ``vec2face-invert`` defaults to ``DEFAULT_QUERIES``).
+      stop_at: when refinement may stop early: ``"fmr=<rate>"``, ``"cosine=<value>"`` or
+        None (see ``refinement.exported.parse_stop_at``).
+      student: the student SavedModel that guides refinement for free; None finds the one
+        exported with the model, False uses engine queries alone.
 
     Returns:
       The contents of ``result.json``: ``model``, ``engine``, ``embedding_dim``, ``height``,
       ``width``, ``input`` (``kind``, ``path``, ``faces_found``, ``note``), ``cosine`` (None,
       with ``score_note``, when the engine cannot score), the ``pass_fail`` fields, ``files``
-      and ``samples`` (``count``, ``seed``, ``cosines``, ``passes``; None without samples).
+      ``samples`` (``count``, ``seed``, ``cosines``, ``passes``; None without samples) and
+      ``refinement`` (None with ``queries=0``; else ``budget``, ``queries``, ``stopped``,
+      ``feed_forward_cosine``, ``cosine``, ``decisions`` per FMR, ``trajectory``...). With
+      refinement, ``cosine`` and the decision are the refined face's; an engine that cannot
+      be loaded skips it, with the reason in ``refinement_note``.
 
     Raises:
       InvertError: for bad arguments, a missing model, an unusable photo or vector, a photo
@@ -454,7 +475,10 @@ def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
         raise InvertError(f"samples must be an integer from 0 to {MAX_SAMPLES}, got {samples!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvertError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 0:
+        raise InvertError(f"queries must be an integer >= 0, got {queries!r}")
     version_dir, metadata = resolve_model(model)
+    stop_target = _stop_target(stop_at, metadata) if queries else (None, None)
     out_path = pathlib.Path(out_dir)
     if out_path.exists() and not out_path.is_dir():
         raise InvertError(f"--out {out_path} exists and is not a folder")
@@ -470,7 +494,21 @@ def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
             template, aligned, engine = _photo_template(image, metadata, source)
         reconstruction, sample_images = _run_generator(version_dir, metadata, template,
                                                        samples, seed)
-        cosines, score_note = _score(engine, metadata, template, reconstruction, sample_images)
+        refined, refinement_note = None, None
+        if queries:
+            if engine is None:
+                engine, refinement_note = _refinement_engine(metadata)
+            if engine is not None:
+                refined = _refine(version_dir, metadata, template, engine, queries, seed,
+                                  stop_target, student)
+        if refined is None:
+            cosines, score_note = _score(engine, metadata, template, reconstruction,
+                                         sample_images)
+        else:
+            # The refinement scored both faces already; only the samples need the engine.
+            sample_cosines, score_note = (([], None) if sample_images is None else _score(
+                engine, metadata, template, sample_images[:0], sample_images))
+            cosines = None if sample_cosines is None else [refined["cosine"], *sample_cosines]
     finally:
         if engine is not None:
             engine.close()
@@ -478,11 +516,22 @@ def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
     cosine = None if cosines is None else cosines[0]
     decision = pass_fail(cosine, metadata.get("thresholds"))
     out_path.mkdir(parents=True, exist_ok=True)
+    feed_forward = reconstruction[0]
+    if refined is not None:
+        reconstruction = refined.pop("image")[None]
     files = {"reconstruction": _write_png(out_path / RECONSTRUCTION_FILE, reconstruction[0]),
              "side_by_side": _write_png(out_path / SIDE_BY_SIDE_FILE, _side_by_side(
-                 aligned, reconstruction[0], cosine, decision)),
+                 aligned, reconstruction[0], cosine, decision, feed_forward, refined)),
              "result": str(out_path / RESULT_FILE),
              "template": str(out_path / TEMPLATE_FILE)}
+    if refined is not None:
+        from vec2face_tf.refinement import plots
+
+        files["feed_forward"] = _write_png(out_path / FEED_FORWARD_FILE, feed_forward)
+        files["refinement"] = plots.write_trajectory_plot(
+            out_path / REFINEMENT_FILE, [refined["trajectory"]], metadata.get("thresholds"),
+            f"query refinement: {refined['queries']} of {queries} queries, "
+            f"cos {refined['feed_forward_cosine']:.3f} -> {refined['cosine']:.3f}")
     (out_path / TEMPLATE_FILE).write_text(json.dumps(
         {"embedding": template.tolist(), "engine": metadata["engine"], "source": source}) + "\n")
     sample_report = None
@@ -502,9 +551,63 @@ def invert(model: str | os.PathLike | None, out_dir: str | os.PathLike,
               "embedding_dim": int(metadata["embedding_dim"]),
               "height": int(metadata["height"]), "width": int(metadata["width"]),
               "input": source, "cosine": cosine, "score_note": score_note, **decision,
-              "files": files, "samples": sample_report}
+              "files": files, "samples": sample_report, "refinement": refined,
+              "refinement_note": refinement_note}
     (out_path / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _stop_target(stop_at: str | None, metadata: dict) -> tuple[float | None, str | None]:
+    from vec2face_tf.refinement import RefinementError
+    from vec2face_tf.refinement.exported import parse_stop_at
+
+    try:
+        return parse_stop_at(stop_at, metadata.get("thresholds"),
+                             strict=stop_at != DEFAULT_STOP_AT)
+    except RefinementError as error:
+        raise InvertError(str(error)) from None
+
+
+def _refinement_engine(metadata: dict):
+    """The model's engine, or None and why refinement cannot run without it."""
+    try:
+        return _load_engine(metadata), None
+    except InvertError:
+        raise
+    except _ENGINE_FAILURES as error:
+        return None, (f"no query refinement: it queries the model's engine "
+                      f"{metadata['engine']!r}, which could not be loaded "
+                      f"({type(error).__name__}: {error})")
+
+
+def _refine(version_dir: pathlib.Path, metadata: dict, template: np.ndarray, engine,
+            queries: int, seed: int, stop_target: tuple[float | None, str | None],
+            student) -> dict:
+    """Runs the refinement; the ``refinement`` entry of result.json, with the face as
+    ``image``."""
+    import time
+
+    from vec2face_tf.refinement import RefinementError
+    from vec2face_tf.refinement.exported import ExportedRefiner
+
+    started = time.perf_counter()
+    try:
+        refiner = ExportedRefiner(version_dir, metadata, student_dir=student)
+        result = refiner.refine(template, engine, queries, seed=seed, target=stop_target[0])
+    except RefinementError as error:
+        raise InvertError(f"query refinement failed: {error}") from None
+    thresholds = (metadata.get("thresholds") or {}).get("fmr", {})
+    decisions = {rate: {"threshold": float(entry["cosine"]),
+                        "feed_forward_passes": bool(result.initial_score > entry["cosine"]),
+                        "passes": bool(result.score > entry["cosine"])}
+                 for rate, entry in sorted(thresholds.items(), key=lambda item: -float(item[0]))}
+    return {"image": result.image, "budget": queries, "queries": result.queries,
+            "stopped": result.stopped, "stop_at": stop_target[1], "target": stop_target[0],
+            "seed": seed, "feed_forward_cosine": result.initial_score, "cosine": result.score,
+            "guide": (str(refiner.student_dir) if refiner.uses_student
+                      else refiner.surrogate_note),
+            "seconds": time.perf_counter() - started, "decisions": decisions,
+            "trajectory": result.trajectory}
 
 
 def _photo_template(image: str | os.PathLike, metadata: dict, source: dict):
@@ -583,9 +686,26 @@ def _score(engine, metadata: dict, template: np.ndarray, reconstruction: np.ndar
 
 
 def _side_by_side(aligned: np.ndarray | None, reconstruction: np.ndarray,
-                  cosine: float | None, decision: dict) -> np.ndarray:
-    """[aligned input | reconstruction], or the reconstruction alone for a vector input."""
+                  cosine: float | None, decision: dict, feed_forward: np.ndarray | None = None,
+                  refined: dict | None = None) -> np.ndarray:
+    """[aligned input | reconstruction], or the reconstruction alone for a vector input;
+    with a refinement, [(aligned input |) feed-forward | refined]."""
     face = _panel(reconstruction, nearest=True)
+    if refined is not None:
+        faces = [_panel(feed_forward, nearest=True), face]
+        scores = [refined["feed_forward_cosine"], refined["cosine"]]
+        titles = ["feed-forward", f"refined\n({refined['queries']} queries)"]
+        if aligned is not None:
+            faces.insert(0, _panel(aligned, nearest=False))
+            scores.insert(0, 1.0)
+            titles.insert(0, "input (aligned)")
+        else:
+            # comparison_grid scores every column but the first.
+            faces.insert(0, np.full_like(face, 255))
+            scores.insert(0, np.nan)
+            titles.insert(0, "(template only)")
+        return comparison_grid(np.stack(faces)[None], np.array([scores]), titles,
+                               decision["threshold"])
     if aligned is None:
         # comparison_grid labels every column but the first, so a lone reconstruction
         # carries its score in its title.
@@ -624,11 +744,27 @@ def summary(result: dict) -> str:
              f"{RESULT_FILE}"]
     if result["input"]["note"]:
         lines.append(f"note: {result['input']['note']}")
+    if result.get("refinement_note"):
+        lines.append(result["refinement_note"])
+    refined = result.get("refinement")
     if result["cosine"] is None:
         lines.append(result["score_note"] or "no cosine")
-    else:
+    elif refined is None:
         lines.append(f"cosine (input vs reconstruction, {result['engine']}): "
                      f"{result['cosine']:.4f}")
+    else:
+        stop = {"target": f"stopped early: passed {refined['stop_at']}",
+                "budget": "budget spent"}.get(refined["stopped"], refined["stopped"])
+        lines.append(f"query refinement: {refined['queries']} of {refined['budget']} engine "
+                     f"queries ({stop}; {refined['seconds']:.1f} s; guide: {refined['guide']});"
+                     f" wrote {FEED_FORWARD_FILE}, {REFINEMENT_FILE}")
+        lines.append(f"cosine (input vs face, {result['engine']}): feed-forward "
+                     f"{refined['feed_forward_cosine']:.4f} -> refined {refined['cosine']:.4f}")
+        for rate, entry in refined["decisions"].items():
+            verdicts = ["PASS" if entry[key] else "FAIL"
+                        for key in ("feed_forward_passes", "passes")]
+            lines.append(f"  FMR {float(rate):g} (threshold {entry['threshold']:.4f}): "
+                         f"feed-forward {verdicts[0]}, refined {verdicts[1]}")
     if result["passes"] is not None:
         verdict = "PASS" if result["passes"] else "FAIL"
         relation = ">" if result["passes"] else "<="
