@@ -6,6 +6,9 @@ r"""Measures how much identity an exported generator recovers from an engine's t
     --target_engine=deepface:Dlib
 
 Writes report.json, report.md, grid.png and scores.png into --out (DESIGN §4 protocol).
+With --queries=0,25,50,100,200 it adds a row per budget of query refinement (one template per
+probe identity; keep it affordable with --max_probe_identities), refinement_grid.png and
+refinement.png.
 """
 
 import sys
@@ -26,6 +29,14 @@ _MAX_PROBE_IDENTITIES = flags.DEFINE_integer("max_probe_identities", 0, "Evaluat
 _FID = flags.DEFINE_bool("fid", False, "Also FID/KID (downloads ImageNet InceptionV3 once).")
 _DETECTORS = flags.DEFINE_list("detectors", "dlib,mtcnn", "Face detectors for realism.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random baseline, bootstrap and folds.")
+_QUERIES = flags.DEFINE_list("queries", [], "Also refine one template per probe identity with "
+                             "each of these budgets of engine queries (e.g. 0,25,50,100,200) "
+                             "and report a row per budget.")
+_STOP_AT = flags.DEFINE_string("stop_at", "fmr=1e-4", "Refinement stops once a face passes: "
+                               "fmr=<rate> (this run's threshold + 0.005), cosine=<value>, or "
+                               "none.")
+_STUDENT = flags.DEFINE_string("student", None, "Student SavedModel that guides refinement "
+                               "(default: the model's; 'none' for engine queries alone).")
 flags.mark_flags_as_required(["data", "out"])
 
 
@@ -41,7 +52,9 @@ def main(argv):
             engine_spec=_ENGINE.value, target_engine=_TARGET_ENGINE.value,
             cache_dir=_CACHE_DIR.value, workers=_WORKERS.value,
             max_probe_identities=_MAX_PROBE_IDENTITIES.value, fid=_FID.value,
-            detectors=tuple(_DETECTORS.value), seed=_SEED.value)
+            detectors=tuple(_DETECTORS.value), seed=_SEED.value, queries=_QUERIES.value,
+            stop_at=None if _STOP_AT.value.lower() == "none" else _STOP_AT.value,
+            student=False if _STUDENT.value == "none" else _STUDENT.value)
     except suite.expected_errors() as error:
         sys.exit(f"error: {error}")
     print(suite.markdown_report(report))

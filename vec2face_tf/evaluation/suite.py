@@ -17,6 +17,12 @@ median cosine, and the 10-fold verification accuracy of pairs whose first photo 
 by the attack. ``target_engine`` repeats the scores with another engine (transfer), and the
 realism block reports detection rates, the engine-vector Fréchet distance and, optionally,
 FID/KID. Writes ``report.json``, ``report.md``, ``grid.png`` and ``scores.png``.
+
+With ``queries`` (``--queries=0,25,50,100,200``), the reconstruction is also refined with
+each budget of engine queries (``vec2face_tf.refinement``) on one template per probe identity
+(``evaluation.refined``), and the report gains a row per budget, with the queries spent and the
+seconds per template, ``refinement_grid.png`` (real | feed-forward | refined) and
+``refinement.png`` (cosine against queries).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from absl import logging
 from vec2face_tf.config import CropSpec
 from vec2face_tf.data import pipeline, prepare
 from vec2face_tf.engines import get_engine
-from vec2face_tf.evaluation import metrics, realism
+from vec2face_tf.evaluation import metrics, realism, refined
 from vec2face_tf.evaluation.reconstruction import attack_scores, embed_in_batches, neighbour_grid
 from vec2face_tf.evaluation.thresholds import thresholds_as_json
 
@@ -151,7 +157,8 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
              cache_dir: str | os.PathLike | None = None, workers: int = 2,
              max_probe_identities: int = 0, fid: bool = False,
              detectors: tuple[str, ...] = ("dlib", "mtcnn"), seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, queries=(), stop_at: str | None = "fmr=1e-4",
+             student: str | os.PathLike | None | bool = None) -> dict:
     """Runs the protocol on ``data`` and writes the report into ``out_dir``.
 
     Args:
@@ -165,7 +172,13 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
       max_probe_identities: evaluate at most this many probe identities (0: all).
       fid: also compute FID/KID with ImageNet InceptionV3 (downloads its weights once).
       detectors: face detectors for the detection-rate realism score.
-      seed: the seed of the random baseline, the bootstrap and the folds.
+      seed: the seed of the random baseline, the bootstrap and the folds (and, plus the
+        template's index, of each refinement).
+      progress: show progress bars.
+      queries: refinement budgets (e.g. ``"0,25,50,100,200"`` or ``(0, 200)``); empty for none.
+      stop_at: refinement's early stop (``"fmr=<rate>"`` on this run's thresholds, plus
+        ``refinement.exported.STOP_MARGIN``; ``"cosine=<value>"``; None for none).
+      student: the student that guides refinement (None: the model's; False: none).
 
     Returns:
       The report (as written to ``report.json``).
@@ -173,6 +186,10 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
     from vec2face_tf.export import savedmodel
 
     started = time.perf_counter()
+    try:
+        budgets = refined.parse_budgets(queries) if queries else ()
+    except refined.QueryBudgetError as error:
+        raise EvaluationError(str(error)) from None
     model_path = savedmodel.resolve_version_dir(model)
     metadata = savedmodel.read_metadata(model_path)
     if engine_spec and engine_spec != metadata["engine"]:
@@ -192,9 +209,14 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
         faces = _load(data, engine_spec, engine.name, crop, cache, workers, progress)
         sets = split_faces(faces, metadata.get("train_identities"), max_probe_identities,
                            seed)
-        report, images, vectors, nn_index = _score_engine(
+        report, images, vectors, nn_index, thresholds = _score_engine(
             engine, sets, SavedModelGenerator(model_path), metadata, seed, progress)
         report["realism"] = _realism(images, sets.probes, vectors, detectors, fid)
+        refined_faces = None
+        if budgets:
+            report["refinement"], refined_faces = _refinement(
+                engine, sets, model_path, metadata, budgets, thresholds, images, vectors,
+                nn_index, stop_at, student, detectors, seed, progress)
     finally:
         engine.close()
     if target_engine:
@@ -206,7 +228,96 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
     (out_path / "report.md").write_text(markdown_report(report))
     _write_grid(out_path / "grid.png", sets, images, vectors, nn_index, report)
     _write_score_plot(out_path / "scores.png", report)
+    if refined_faces is not None:
+        _write_refinement_pictures(out_path, sets, images, refined_faces, report)
     return report
+
+
+def _refinement(engine, sets: EvaluationSets, model_path: pathlib.Path, metadata: dict,
+                budgets: tuple[int, ...], thresholds: dict, images: np.ndarray,
+                vectors: np.ndarray, nn_index: np.ndarray, stop_at: str | None, student,
+                detectors: tuple[str, ...], seed: int, progress: bool):
+    """The ``refinement`` block of the report, and the faces of the largest budget."""
+    from vec2face_tf.refinement import RefinementError
+    from vec2face_tf.refinement.exported import ExportedRefiner, parse_stop_at
+
+    probes = sets.probes
+    rows = refined.template_rows(probes.labels)
+    try:
+        target, stop_text = parse_stop_at(stop_at, {"fmr": thresholds_as_json(thresholds)})
+        refiner = ExportedRefiner(model_path, metadata, student_dir=student)
+    except RefinementError as error:
+        raise EvaluationError(str(error)) from None
+
+    def summary(attack_vectors):
+        return refined.summarise(refined.template_scores(attack_vectors, rows,
+                                                         probes.embeddings, probes.labels),
+                                 thresholds, seed)
+
+    block = {"templates": len(rows), "template_choice": "the first photo of each probe "
+             "identity; type II against the identity's other photos",
+             "stop_at": stop_text, "guide": (str(refiner.student_dir) if refiner.uses_student
+                                             else refiner.surrogate_note),
+             "nearest_neighbour": summary(sets.gallery.embeddings[nn_index[rows]]), "rows": {}}
+    results = None
+    if max(budgets) > 0:
+        results = refined.refine_templates(refiner, engine, probes.embeddings[rows],
+                                           max(budgets), target, seed, progress)
+    for budget in budgets:
+        if budget == 0:
+            # The feed-forward face: the reconstruction attack's own vectors, no query spent.
+            row = summary(vectors[rows])
+            row.update(mean_queries=0.0, max_queries=0, stopped_early=0,
+                       seconds_per_template=0.0)
+        else:
+            measured = refined.budget_row(results, budget)
+            row = summary(measured.pop("vectors"))
+            row.update(measured)
+        block["rows"][str(budget)] = row
+    faces = None
+    if results is not None:
+        budget = max(budgets)
+        templates = probes.embeddings[rows]
+        refined_images = np.stack([result.image for result in results])
+        refined_vectors = np.stack([result.vector for result in results])
+        faces = {"budget": budget, "rows": rows, "images": refined_images,
+                 "trajectories": [result.trajectory for result in results],
+                 "feed_forward_cosines": np.sum(vectors[rows] * templates, axis=1),
+                 "cosines": np.sum(refined_vectors * templates, axis=1)}
+        block["largest_budget"] = {
+            "budget": budget,
+            "engine_frechet_distance": realism.engine_frechet_distance(refined_vectors,
+                                                                       templates),
+            "detection": {detector: realism.face_detection_rate(refined_images, detector)
+                          for detector in detectors},
+            "feed_forward_detection": {
+                detector: realism.face_detection_rate(images[rows], detector)
+                for detector in detectors}}
+    return block, faces
+
+
+def _write_refinement_pictures(out_path: pathlib.Path, sets: EvaluationSets,
+                               images: np.ndarray, faces: dict, report: dict,
+                               count: int = 8) -> None:
+    """``refinement_grid.png`` (real | feed-forward | refined) and ``refinement.png``."""
+    import tensorflow as tf
+
+    from vec2face_tf.evaluation.reconstruction import comparison_grid
+    from vec2face_tf.refinement import plots
+
+    rows = faces["rows"][:count]
+    size = images.shape[1]
+    real = realism.resize_uint8(sets.probes.crops[rows], size)
+    threshold = report["thresholds"].get(f"{GRID_FMR:g}", {}).get("cosine")
+    grid = comparison_grid(
+        np.stack([real, images[rows], faces["images"][:count]], axis=1),
+        np.column_stack([np.ones(len(rows)), faces["feed_forward_cosines"][:count],
+                         faces["cosines"][:count]]),
+        ["real photo", "feed-forward", f"refined (<= {faces['budget']} queries)"], threshold)
+    tf.io.write_file(str(out_path / "refinement_grid.png"), tf.io.encode_png(grid))
+    plots.write_trajectory_plot(
+        out_path / "refinement.png", faces["trajectories"], {"fmr": report["thresholds"]},
+        f"{len(faces['trajectories'])} templates, budget {faces['budget']} queries")
 
 
 def _score_engine(engine, sets: EvaluationSets, generator, metadata: dict, seed: int,
@@ -240,7 +351,7 @@ def _score_engine(engine, sets: EvaluationSets, generator, metadata: dict, seed:
                     for name in ATTACKS},
         "score_samples": _score_samples(scores, impostor, seed),
     }
-    return report, images, vectors, nn_index
+    return report, images, vectors, nn_index, thresholds
 
 
 def _score_samples(scores: dict, impostor: np.ndarray, seed: int, count: int = 20000) -> dict:
@@ -342,6 +453,8 @@ def markdown_report(report: dict) -> str:
                   "on the same photos.", ""]
         lines += _attack_table({"reconstruction": transfer["reconstruction"]},
                                list(transfer["thresholds"]))
+    if "refinement" in report:
+        lines += refinement_table(report["refinement"], fmrs)
     realism_report = report["realism"]
     lines += ["", "## Realism", "",
               f"Engine-vector Fréchet distance, reconstructions vs real probe photos: "
@@ -359,6 +472,42 @@ def markdown_report(report: dict) -> str:
         lines += ["", f"FID {inception['fid']:.2f}, KID {inception['kid_mean']:.4f} ± "
                       f"{inception['kid_std']:.4f} (Keras InceptionV3)"]
     return "\n".join(lines) + "\n"
+
+
+def refinement_table(block: dict, fmrs: list[str]) -> list[str]:
+    """The markdown lines of the report's ``refinement`` block."""
+    lines = ["", "## Query refinement", "",
+             f"{block['templates']} templates ({block['template_choice']}); early stop: "
+             f"{block['stop_at'] or 'none'}; guide: {block['guide']}.", ""]
+    header = ["attack", "mean cos"]
+    for fmr in fmrs:
+        header += [f"SAR I @{fmr}", f"SAR II @{fmr}"]
+    header += ["mean queries", "s / template"]
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    named = [(f"reconstruction + refinement ({budget} queries)", row)
+             for budget, row in block["rows"].items()]
+    named.append(("nearest neighbour (same templates)", block["nearest_neighbour"]))
+    for name, row in named:
+        cells = [name, f"{row['mean_cosine']:.3f}"]
+        for fmr in fmrs:
+            cells += [_percent(row["sar"][fmr]["type1"]), _percent(row["sar"][fmr]["type2"])]
+        cells += [f"{row['mean_queries']:.1f}" if "mean_queries" in row else "0",
+                  f"{row['seconds_per_template']:.1f}" if "seconds_per_template" in row
+                  else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    largest = block.get("largest_budget")
+    if largest:
+        rates = ", ".join(
+            f"{detector} {_rate_text(largest['detection'][detector])} (feed-forward "
+            f"{_rate_text(largest['feed_forward_detection'][detector])})"
+            for detector in largest["detection"])
+        lines += ["", f"Refined faces at {largest['budget']} queries: detection {rates}; "
+                      f"engine-vector Fréchet distance {largest['engine_frechet_distance']:.4f}."]
+    return lines
+
+
+def _rate_text(rate: dict) -> str:
+    return rate.get("unavailable") or f"{100 * rate['rate']:.1f} %"
 
 
 def _write_grid(path: pathlib.Path, sets: EvaluationSets, images: np.ndarray,
