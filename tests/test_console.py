@@ -4,6 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Each test starts a Python that imports TensorFlow (several seconds).
+pytestmark = pytest.mark.slow
+
 # Imports the package the way every console script does (vec2face_tf.bin first), then makes
 # TensorFlow probe its devices, which is what prints the cuInit line on a machine without GPU.
 _SCRIPT = ("import vec2face_tf.bin, tensorflow as tf; tf.config.list_physical_devices(); "

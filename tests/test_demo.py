@@ -50,6 +50,7 @@ def test_readme_main_job_inverts_the_astronaut_offline(tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["cosine"] == result["cosine"]
 
 
+@pytest.mark.slow
 def test_invert_with_queries_refines_the_demo_astronaut_within_its_budget(tmp_path, dlib):
     from PIL import Image
 
@@ -79,22 +80,28 @@ def test_invert_with_queries_refines_the_demo_astronaut_within_its_budget(tmp_pa
     assert "feed-forward" in text and "refined" in text and f"{refined['queries']} of 40" in text
 
 
+@pytest.mark.slow
 def test_invert_binary_refines_and_reads_cleanly(tmp_path):
     # The installed console script, as a user runs it (it imports vec2face_tf.bin first).
     script = pathlib.Path(sys.executable).parent / "vec2face-invert"
     assert script.exists(), f"{script} is missing: install the package (pip install -e .)"
+    # Exactly the README's main job: the default budget (100 queries, early stop at 1e-4).
     completed = subprocess.run(
-        [str(script), "--image=skimage:astronaut", f"--out={tmp_path}", "--queries=20"],
+        [str(script), "--image=skimage:astronaut", f"--out={tmp_path}"],
         capture_output=True, text=True, timeout=300,
         env={key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"})
     assert completed.returncode == 0, completed.stderr
-    assert "query refinement:" in completed.stdout and "of 20 engine queries" in completed.stdout
+    assert "query refinement:" in completed.stdout and "of 100 engine queries" in completed.stdout
     assert "FMR 0.0001" in completed.stdout
     # TensorFlow's C++ start-up lines are gone (the user did not ask for them).
     for noise in ("I0000", "cuInit", "absl::InitializeLog"):
         assert noise not in completed.stderr
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["refinement"]["queries"] <= 20
+    assert result["refinement"]["queries"] <= 100
+    # The refined face passes the demo's FMR 1e-3 threshold (measured: 0.9350 against 0.9263;
+    # the feed-forward face's 0.9268 passes by too little to assert on another CPU's rounding).
+    assert result["passes"] is True and result["cosine"] > result["threshold"] + 0.004
+    assert result["cosine"] >= result["refinement"]["feed_forward_cosine"]
 
 
 @pytest.fixture(scope="module")
