@@ -1,12 +1,13 @@
 """Zeroth-order search over the generator's inputs, scored by the blackbox engine.
 
 The search space is the generator's conditioning vector (it starts at the template itself)
-and its noise (it starts at zero). Each step draws ``population`` random directions, queries
-the engine once for all ``2 * population`` antithetic candidates (``theta +- sigma * eps``),
-estimates the gradient of the engine cosine from their score differences (NES), and moves
-``theta`` by a normalised step along it, optionally mixed with a free gradient from a
-surrogate (the student). The engine's score alone decides which face is kept: the best face
-ever scored is returned, so the best score never decreases along the trajectory.
+and its noise (it starts at zero). Each engine call scores, in one batch, ``surrogate_path``
+points of a free gradient-ascent path on a surrogate (the student; no query) from the current
+point, and ``population`` antithetic pairs ``theta +- sigma * eps``. When a candidate beats
+the current point, the search moves there (elitist); otherwise it steps along the gradient
+estimated from the pairs' score differences (NES), mixed with the surrogate's gradient. The
+engine's score alone decides which face is kept: the best face ever scored is returned, so the
+best score never decreases along the trajectory.
 
 Every image that reaches the engine is counted, the first evaluation included, and the count
 never exceeds the budget. The draws come from ``seed``, so the same inputs give the same
