@@ -15,6 +15,10 @@ import json
 import typing
 from typing import Any
 
+# In a training folder (--model_dir): written when the student stage has finished; the trainer
+# writes it, the student's export requires it.
+STUDENT_DONE_FILE = "student.done"
+
 
 @dataclasses.dataclass(frozen=True)
 class CropSpec:

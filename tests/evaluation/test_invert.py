@@ -287,6 +287,14 @@ def test_bad_arguments_are_named(smoke_export, tmp_path):
     for samples in (-1, 17, 1.5):
         with pytest.raises(InvertError, match="samples must be an integer from 0 to 16"):
             invert.invert(smoke_export.path, tmp_path, vector=vector, samples=samples)
+    for queries in (-1, 2.5, True):
+        with pytest.raises(InvertError, match="queries must be an integer >= 0"):
+            invert.invert(smoke_export.path, tmp_path, vector=vector, queries=queries)
+    with pytest.raises(InvertError, match="--stop_at must be 'fmr=<rate>'"):
+        invert.invert(smoke_export.path, tmp_path, vector=vector, queries=5, stop_at="far=1")
+    with pytest.raises(InvertError, match="no threshold at FMR 1e-06"):
+        invert.invert(smoke_export.path, tmp_path, vector=vector, queries=5,
+                      stop_at="fmr=1e-6")
     with pytest.raises(InvertError, match="missing.*does not exist"):
         invert.invert(smoke_export.path, tmp_path, vector=tmp_path / "missing.npy")
     with pytest.raises(InvertError, match="holds no SavedModel"):
@@ -367,3 +375,22 @@ def test_the_binary_prints_the_verdict_and_exits_on_errors(passing_model, real_f
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1] == (
         "error: vector has 64 values but this model inverts dlib vectors of D=128")
+
+
+def test_an_engine_that_fails_during_refinement_is_one_clear_error(smoke_export, tmp_path,
+                                                                   monkeypatch):
+    from vec2face_tf.engines import EngineError
+
+    class FailingEngine:
+        dim = D
+
+        def embed(self, images):
+            raise EngineError("the engine's worker died")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(invert, "_load_engine", lambda metadata: FailingEngine())
+    vector = _write_vector(tmp_path / "v.npy", np.linspace(-1, 1, D))
+    with pytest.raises(InvertError, match="query refinement failed: the engine's worker died"):
+        invert.invert(smoke_export.path, tmp_path / "out", vector=vector, queries=5)

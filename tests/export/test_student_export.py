@@ -40,7 +40,7 @@ def student_run(tmp_path_factory):
     (model_dir / "split.json").write_text(json.dumps({"train_identities": ["a", "b"],
                                                       "held_out_identities": ["c"]}))
     (model_dir / "center.json").write_text(json.dumps([0.01] * 128))
-    (model_dir / student_export.STUDENT_DONE).write_text("done\n")
+    (model_dir / config_lib.STUDENT_DONE_FILE).write_text("done\n")
     return model_dir, parts.student
 
 

@@ -587,14 +587,13 @@ def _refine(version_dir: pathlib.Path, metadata: dict, template: np.ndarray, eng
     ``image``."""
     import time
 
-    from vec2face_tf.refinement import RefinementError
     from vec2face_tf.refinement.exported import ExportedRefiner
 
     started = time.perf_counter()
     try:
         refiner = ExportedRefiner(version_dir, metadata, student_dir=student)
         result = refiner.refine(template, engine, queries, seed=seed, target=stop_target[0])
-    except RefinementError as error:
+    except _ENGINE_FAILURES as error:  # RefinementError is a ValueError; EngineError too
         raise InvertError(f"query refinement failed: {error}") from None
     thresholds = (metadata.get("thresholds") or {}).get("fmr", {})
     decisions = {rate: {"threshold": float(entry["cosine"]),

@@ -35,7 +35,6 @@ from vec2face_tf.export.contract import (
 )
 from vec2face_tf.models import dibigan
 
-STUDENT_DONE = "student.done"
 STUDENT_SIGNATURES = {
     SERVING_SIGNATURE: {
         "inputs": {STUDENT_IMAGE_INPUT: "uint8[None, H, W, 3]"},
@@ -71,7 +70,7 @@ def has_student(model_dir: str | os.PathLike) -> bool:
     """Whether a training folder holds a distilled image student."""
     model_path = pathlib.Path(model_dir)
     config_file = model_path / "config.json"
-    if not config_file.exists() or not (model_path / STUDENT_DONE).exists():
+    if not config_file.exists() or not (model_path / config_lib.STUDENT_DONE_FILE).exists():
         return False
     config = config_lib.config_from_dict(json.loads(config_file.read_text()))
     return config.student.kind == "image"
@@ -93,7 +92,7 @@ def load_student(model_dir: str | os.PathLike) -> tuple[keras.Model, dict]:
         raise savedmodel.ExportError(
             f"{model_path} trained a student.kind={config.student.kind!r} student, which reads "
             "the flow's latents; only an image student is exported")
-    if not (model_path / STUDENT_DONE).exists():
+    if not (model_path / config_lib.STUDENT_DONE_FILE).exists():
         raise savedmodel.ExportError(f"{model_path} has not finished its student stage; run "
                                      "vec2face-train --stage=student first")
     latest = tf.train.latest_checkpoint(str(model_path / "checkpoints"))

@@ -35,7 +35,6 @@ from vec2face_tf.training import callbacks as callbacks_lib
 from vec2face_tf.training.strategies import get_strategy
 
 STAGE1_DONE = "stage1.done"
-STUDENT_DONE = "student.done"  # export.student reads the same name
 LOCK_FILE = "train.lock"
 STAGES = ("all", "student")
 
@@ -267,12 +266,12 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     stage1_offset = config.train.student_steps if image_student else 0
     stage2_offset = stage1_offset + config.train.stage1_steps + 1
     student_history: dict = {}
-    if image_student and not (model_path / STUDENT_DONE).exists():
+    if image_student and not (model_path / config_lib.STUDENT_DONE_FILE).exists():
         student_history = run_student_stage(
             config, distiller, strategy, manager, model_path, cache_path,
             extra_path if extra_sources else None, engine.name, train_faces, held_out, center,
             verbose)
-        (model_path / STUDENT_DONE).write_text("student stage finished\n")
+        (model_path / config_lib.STUDENT_DONE_FILE).write_text("student stage finished\n")
     if stage == "student":
         engine.close()
         return TrainResult(model_path, {}, {}, engine_queries=0,
