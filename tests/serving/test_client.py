@@ -247,8 +247,10 @@ def test_a_server_that_never_answers_times_out(protocol):
             client.reconstruct(_rows(1))
         elapsed = time.monotonic() - started
         client.close()
+    # The client's own deadline fired (its code and message), and not before it was due. No
+    # upper bound on the wall time: under load the machine may be slow to report it.
     assert timed_out.value.code == "DEADLINE_EXCEEDED"
-    assert 0.4 < elapsed < 5
+    assert elapsed > 0.4
 
 
 def test_the_stand_in_releases_its_ports_and_threads(smoke_export):
