@@ -123,13 +123,15 @@ def test_json_vector_with_its_engine_fails_a_high_threshold(failing_model, real_
     assert "FAIL at FMR 1e-3" in text and "threshold 1.0000 (from 21,000 impostor pairs)" in text
 
 
-def test_plain_json_list_and_model_base_without_thresholds(smoke_export, real_faces, tmp_path):
+def test_plain_json_list_and_model_base_without_thresholds(smoke_export, real_faces, dlib,
+                                                           tmp_path):
     (tmp_path / "template.json").write_text(json.dumps(real_faces.embeddings[2].tolist()))
     result = invert.invert(smoke_export.path.parent, tmp_path / "out",
                            vector=tmp_path / "template.json")
 
     assert result["model"] == str(smoke_export.path)  # the base resolved to its version
-    assert -1.0 <= result["cosine"] <= 1.0
+    assert result["cosine"] == pytest.approx(_own_cosine(
+        dlib, tmp_path / "out" / "reconstruction.png", real_faces.embeddings[2]), abs=1e-5)
     assert result["passes"] is None and result["threshold"] is None
     assert "no thresholds" in result["decision_note"]
     assert "pass/fail at FMR 1e-3 cannot be decided" in invert.summary(result)
