@@ -125,16 +125,7 @@ def split_faces(faces: pipeline.Faces, train_identities, max_probe_identities: i
 def attack_summary(scores: dict, probe_vectors: np.ndarray, labels: np.ndarray,
                    attack_vectors: np.ndarray, thresholds: dict, seed: int = 0) -> dict:
     """SAR I/II with 95 % CIs at each threshold, cosines and verification accuracy."""
-    summary = {"mean_cosine": float(scores["type1"].mean()),
-               "median_cosine": float(np.median(scores["type1"])),
-               "type2_mean_cosine": float(scores["type2"].mean()),
-               "type1_pairs": int(scores["type1"].size),
-               "type2_pairs": int(scores["type2"].size), "sar": {}}
-    for fmr, threshold in thresholds.items():
-        summary["sar"][f"{fmr:g}"] = {
-            kind: metrics.sar_with_ci(scores[kind], threshold,
-                                      groups=scores[f"{kind}_groups"], seed=seed)
-            for kind in ("type1", "type2")}
+    summary = refined.summarise(scores, thresholds, seed)
     # Pairs with their first photo replaced by the attack: genuine = the person's other
     # photos, impostor = every photo of every other probe identity.
     cross = attack_vectors @ probe_vectors.T
