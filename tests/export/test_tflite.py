@@ -163,18 +163,28 @@ def test_quantised_images_stay_close_to_the_savedmodel(generators, loaded, real_
     assert len(np.unique(got)) >= 100
 
 
-@pytest.mark.parametrize("variant", ["dynamic_range", "int8"])
+# Measured on the 10 held-out vectors: same-vector cosines min 0.9977 (dynamic_range) and
+# 0.9878 (int8); SavedModel images of different vectors against each other (90 ordered pairs)
+# median 0.952, 88 of 90 <= 0.969, max 0.985. The floors sit 0.008 under the same-vector
+# minimum; the per-row check below is what tells same from different.
+@pytest.mark.parametrize("variant, min_cosine", [("dynamic_range", 0.99), ("int8", 0.98)])
 def test_quantised_images_keep_the_engine_vector(generators, real_split, held_out_reference,
-                                                 dlib, variant):
+                                                 dlib, variant, min_cosine):
     """Engine cosine between the quantised file's image and the SavedModel's, on real dlib
     vectors held out of the int8 calibration. The smoke generator is untrained, so its images
     are not faces: this checks the quantisation error as the engine sees it, not identity."""
     held_out = real_split[1]
     quantised = dlib.embed(generators[variant](held_out))
-    cosines = np.sum(held_out_reference * quantised, axis=1)
+    # [i, j]: the quantised image of vector i against the SavedModel image of vector j.
+    cosines = quantised @ held_out_reference.T
+    same = np.diag(cosines)
+    other = np.where(np.eye(len(same), dtype=bool), -np.inf, cosines).max(axis=1)
     print(f"{variant}: dlib cosine to the SavedModel image over {len(held_out)} held-out "
-          f"faces: min {cosines.min():.4f}, mean {cosines.mean():.4f}")
-    assert cosines.min() >= 0.95
+          f"faces: min {same.min():.4f}, mean {same.mean():.4f}; to another vector's image: "
+          f"max {other.max():.4f}; smallest gap {(same - other).min():.4f}")
+    assert same.min() >= min_cosine
+    # Measured gap: >= 0.014 (dynamic_range), >= 0.005 (int8).
+    assert (same > other).all(), "a quantised image is closer to another vector's image"
 
 
 def test_int8_runs_the_body_in_int8_and_keeps_the_ends_float(written):

@@ -1,6 +1,9 @@
 """The serving client against a TF Serving stand-in that serves the smoke export."""
 
+import contextlib
 import json
+import os
+import pathlib
 import shutil
 import socket
 import threading
@@ -53,10 +56,33 @@ def _max_level_diff(first, second):
     return np.abs(first.astype(int) - second.astype(int)).max()
 
 
-def _unused_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@contextlib.contextmanager
+def _refusing_port():
+    """A port that refuses connections while the context lasts.
+
+    Bound but never listening: connecting is refused, and no other process can bind the port
+    meanwhile, as it could one that was probed free and released.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+def _own_tcp_sockets_on(ports):
+    """The lines of /proc/self/net/tcp{,6} for this process's listening or connected TCP
+    sockets on ``ports``."""
+    own = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # an fd closed since the listing
+            own.add(os.readlink(f"/proc/self/fd/{fd}"))
+    found = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            if port in ports and f"socket:[{fields[9]}]" in own:
+                found.append(line)
+    return found
 
 
 def test_client_contract_names_match_the_export():
@@ -207,20 +233,22 @@ def test_an_unknown_model_is_not_found(server, transport):
 def test_bad_embeddings_fail_locally(embedding, message):
     # Nothing listens on this port: a check that let the input through would raise
     # ServingError (connection refused) instead of ValueError.
-    client = ServingClient("smoke", "127.0.0.1", rest_port=_unused_port(), timeout=5)
-    with pytest.raises(ValueError, match=message):
-        client.reconstruct(embedding)
+    with _refusing_port() as port:
+        client = ServingClient("smoke", "127.0.0.1", rest_port=port, timeout=5)
+        with pytest.raises(ValueError, match=message):
+            client.reconstruct(embedding)
 
 
 def test_bad_noise_and_options_fail_locally():
-    client = ServingClient("smoke", "127.0.0.1", rest_port=_unused_port(), timeout=5)
-    with pytest.raises(ValueError, match="noise has 1 rows but embedding has 2"):
-        client.sample(_rows(2), _rows(1, Z))
-    with pytest.raises(ValueError, match=r"noise contains NaN or Inf \(as float32\) in "
-                                         r"row\(s\) \[0\]"):
-        client.sample(_rows(1), np.full((1, Z), np.nan))
-    with pytest.raises(ServingError, match="cannot reach TF Serving") as unreachable:
-        client.reconstruct(_rows(1))
+    with _refusing_port() as port:
+        client = ServingClient("smoke", "127.0.0.1", rest_port=port, timeout=5)
+        with pytest.raises(ValueError, match="noise has 1 rows but embedding has 2"):
+            client.sample(_rows(2), _rows(1, Z))
+        with pytest.raises(ValueError, match=r"noise contains NaN or Inf \(as float32\) in "
+                                             r"row\(s\) \[0\]"):
+            client.sample(_rows(1), np.full((1, Z), np.nan))
+        with pytest.raises(ServingError, match="cannot reach TF Serving") as unreachable:
+            client.reconstruct(_rows(1))
     assert unreachable.value.code is None
     with pytest.raises(ValueError, match="protocol must be one of"):
         ServingClient("smoke", protocol="http")
@@ -257,11 +285,12 @@ def test_the_stand_in_releases_its_ports_and_threads(smoke_export):
     threads_before = set(threading.enumerate())
     with TFServingStandIn(smoke_export.path.parent, "smoke") as standin:
         ports = standin.rest_port, standin.grpc_port
+        assert len(_own_tcp_sockets_on(ports)) >= 2  # the check sees the listening sockets
         assert _client(standin).status()["model_version_status"][0]["version"] == "1"
         assert _client(standin, protocol="grpc").reconstruct(_rows(1)).shape[0] == 1
-    for port in ports:
-        with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
-            probe.connect(("127.0.0.1", port))
+    # Asked of this process's own sockets, not by connecting: once released, a port may be
+    # taken at once by any other process on the machine.
+    assert _own_tcp_sockets_on(ports) == []
     deadline = time.monotonic() + 5
     while set(threading.enumerate()) - threads_before and time.monotonic() < deadline:
         time.sleep(0.05)

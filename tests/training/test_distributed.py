@@ -8,6 +8,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,11 +37,45 @@ def test_two_replicas_match_one_replica_after_three_steps():
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))  # where TF's server binds, all interfaces
     ports = [s.getsockname()[1] for s in sockets]
     for s in sockets:
         s.close()
     return ports
+
+
+# MultiWorkerMirroredStrategy starts its own gRPC server on the port its cluster spec names,
+# and each worker needs every address before that, so no server can bind port 0 and tell the
+# other: the ports are probed free and released, and should another process take one
+# meanwhile, the launch is retried once.
+PORT_TAKEN = "Could not start gRPC server"
+
+
+def _run_workers(env, folder: pathlib.Path, attempt: int) -> list[tuple[int | None, str, str]]:
+    """Runs both workers on fresh ports: (exit code, stdout, stderr) of each."""
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    outputs = [(folder / f"worker{i}-{attempt}.out", folder / f"worker{i}-{attempt}.err")
+               for i in range(2)]
+    processes = []
+    for index, (out, err) in enumerate(outputs):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        # Files, not pipes: nothing reads them while the workers run.
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            processes.append(subprocess.Popen(
+                [sys.executable, str(MULTIWORKER), "worker", str(folder)], stdout=stdout,
+                stderr=stderr, env=dict(env, TF_CONFIG=json.dumps(tf_config))))
+    try:
+        deadline = time.monotonic() + 420
+        # Until both end, or one fails (its peer would then wait for it forever).
+        while None in (codes := [p.poll() for p in processes]) and not any(codes):
+            assert time.monotonic() < deadline, "the workers ran for more than 420 s"
+            time.sleep(0.5)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    return [(code, out.read_text(), err.read_text())
+            for code, (out, err) in zip(codes, outputs, strict=True)]
 
 
 @pytest.mark.slow
@@ -52,23 +87,14 @@ def test_two_workers_match_one_replica_after_three_steps(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     reference = json.loads(single.stdout.strip().splitlines()[-1])
 
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(subprocess.Popen(
-            [sys.executable, str(MULTIWORKER), "worker", str(tmp_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(env, TF_CONFIG=json.dumps(tf_config))))
-    outputs = []
-    try:
-        for process in processes:
-            stdout, stderr = process.communicate(timeout=420)
-            assert process.returncode == 0, stderr[-3000:]
-            outputs.append(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        for process in processes:
-            process.kill()
+    results = _run_workers(env, tmp_path, attempt=0)
+    if any(code and PORT_TAKEN in stderr for code, _, stderr in results):
+        results = _run_workers(env, tmp_path, attempt=1)
+    # A code of None: stopped because the other worker failed.
+    assert all(code == 0 for code, _, _ in results), "\n".join(
+        f"worker {index} exit code {code}: {stderr[-3000:]}"
+        for index, (code, _, stderr) in enumerate(results) if code != 0)
+    outputs = [json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in results]
     for report in outputs:
         assert report["replicas"] == 2
         for name in ("d_loss", "g_loss", "g_adversarial", "identity", "metric", "pixel"):
