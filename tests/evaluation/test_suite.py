@@ -73,6 +73,19 @@ def count_pairs_above(vectors, labels, threshold, same_person: bool) -> tuple[in
     return pairs, above, at_least
 
 
+def assert_thresholds_count_out(thresholds: dict, vectors, labels) -> None:
+    """Each threshold against a pair-by-pair count of the impostor pairs: at FMR f of n pairs,
+    at most floor(f n) pass it, one more would at the threshold, and the counts reported are
+    the counted ones."""
+    for fmr, entry in thresholds.items():
+        pairs, above, at_least = count_pairs_above(vectors, labels, entry["cosine"],
+                                                   same_person=False)
+        allowed = int(np.floor(float(fmr) * pairs))
+        assert entry["impostor_pairs"] == pairs
+        assert above <= allowed < at_least, (fmr, above, allowed, at_least)
+        assert entry["false_matches"] == above
+
+
 class PixelProjectionEngine(Engine):
     """A stand-in engine that really differs from dlib: a fixed random projection of the
     centred pixels of a 16 px crop to 64 numbers."""
@@ -105,16 +118,10 @@ def test_evaluate_writes_the_full_report(smoke_export, real_faces_folder, real_f
     for name in ("report.json", "report.md", "grid.png", "scores.png"):
         assert (out / name).stat().st_size > 500, name
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
-    # Thresholds: every impostor pair of the 210 real photos, counted here pair by pair. At
-    # FMR f of n pairs, at most floor(f n) impostors pass, and one more would at the threshold.
+    # Thresholds: every impostor pair of the 210 real photos, counted here pair by pair.
     assert set(report["thresholds"]) == {"0.01", "0.001"}
-    for fmr, entry in report["thresholds"].items():
-        pairs, above, at_least = count_pairs_above(real_faces.embeddings, real_faces.labels,
-                                                   entry["cosine"], same_person=False)
-        allowed = int(np.floor(float(fmr) * pairs))
-        assert entry["impostor_pairs"] == pairs == 70 * 69 // 2 * 9
-        assert above <= allowed < at_least, (fmr, above, allowed, at_least)
-        assert entry["false_matches"] == above
+    assert report["thresholds"]["0.01"]["impostor_pairs"] == 70 * 69 // 2 * 9
+    assert_thresholds_count_out(report["thresholds"], real_faces.embeddings, real_faces.labels)
     assert report["probe_identities"] == 35 and report["gallery_identities"] == 35
     assert report["probes"] == 105
 
@@ -157,10 +164,7 @@ def test_evaluate_writes_the_full_report(smoke_export, real_faces_folder, real_f
     assert transfer["probes_scored"] == 105 and transfer["probes_missing_for_target"] == 0
     projected = pipeline.load_faces(cache, "pixel_projection")
     np.testing.assert_array_equal(projected.hashes, real_faces.hashes)
-    for fmr, entry in transfer["thresholds"].items():
-        pairs, above, at_least = count_pairs_above(projected.embeddings, projected.labels,
-                                                   entry["cosine"], same_person=False)
-        assert above <= int(np.floor(float(fmr) * pairs)) < at_least
+    assert_thresholds_count_out(transfer["thresholds"], projected.embeddings, projected.labels)
     assert transfer["thresholds"]["0.01"]["cosine"] != report["thresholds"]["0.01"]["cosine"]
     row_of_hash = {value: row for row, value in enumerate(projected.hashes)}
     probe_vectors = projected.embeddings[[row_of_hash[value] for value in probes.hashes]]
