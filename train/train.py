@@ -4,6 +4,8 @@ r"""Trains DiBiGAN against a blackbox engine.
   vec2face-train --preset=smoke --data=tfds:lfw --model_dir=/tmp/smoke
   vec2face-train --flagfile=run.flags --config=generator.base_channels=128
   vec2face-train --data=faces-dev --extra_data=faces-extra --model_dir=runs/s --stage=student
+  vec2face-train --data=faces-dev --extra_data=faces-extra --model_dir=runs/g \
+      --student_from=vec2face_tf/demo/student --init_from=vec2face_tf/demo/model
 
 Rerunning with the same --model_dir resumes from its latest checkpoint.
 """
@@ -34,6 +36,12 @@ _STUDENT_STEPS = flags.DEFINE_integer("student_steps", None, "Image student dist
 _STAGE1_STEPS = flags.DEFINE_integer("stage1_steps", None, "Flow (+ flow student) steps.",
                                      lower_bound=0)
 _STAGE2_STEPS = flags.DEFINE_integer("stage2_steps", None, "GAN steps.", lower_bound=0)
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", None, "Exported generator (SavedModel version folder, e.g. "
+    "vec2face_tf/demo/model) whose weights G and its EMA start from (a warm start).")
+_STUDENT_FROM = flags.DEFINE_string(
+    "student_from", None, "Exported image student (e.g. vec2face_tf/demo/student) to start "
+    "from instead of distilling one; skips the student stage.")
 _CONFIG = flags.DEFINE_multi_string("config", [], "Config override section.field=value.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes that align and embed.", lower_bound=0)
 _MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use only the first N photos (0 = all).",
@@ -61,7 +69,8 @@ def main(argv):
         result = trainer.train(config, _DATA.value, _MODEL_DIR.value, cache_dir=_CACHE_DIR.value,
                                strategy_name=_STRATEGY.value, workers=_WORKERS.value,
                                max_images=_MAX_IMAGES.value, extra_data=_EXTRA_DATA.value,
-                               extra_cache_dir=_EXTRA_CACHE_DIR.value, stage=_STAGE.value)
+                               extra_cache_dir=_EXTRA_CACHE_DIR.value, stage=_STAGE.value,
+                               init_from=_INIT_FROM.value, student_from=_STUDENT_FROM.value)
     except trainer.EXPECTED_ERRORS as error:
         sys.exit(f"error: {error}")
     print(f"trained: {result.model_dir} (engine queries: {result.engine_queries})")

@@ -77,11 +77,18 @@ class StudentConfig:
 
 @dataclasses.dataclass
 class GeneratorConfig:
+    # "film": the FiLM-conditioned decoder with batch norm (models.generator.FiLMGenerator),
+    # the presets' choice; "adain": the AdaIN generator with toRGB heads at several scales.
+    # The field's default stays "adain" so that configs saved before the field existed (the
+    # first demo's) rebuild the network they trained.
+    kind: str = "adain"
     noise_dim: int = 64
+    # adain: channels of the first block; film: channels of the start map (halved per stage).
     base_channels: int = 256
     min_channels: int = 32
     start_resolution: int = 4
-    rgb_scales: int = 2  # toRGB heads at the last N resolutions.
+    rgb_scales: int = 2  # adain: toRGB heads at the last N resolutions; film: always 1.
+    style_dim: int = 256  # width of the conditioning MLP.
 
 
 @dataclasses.dataclass
@@ -96,14 +103,28 @@ class LossConfig:
     r1_gamma: float = 0.0
     triplet_margin: float = 0.1
     l1_weight: float = 0.0
+    # L1 between the frozen student's feature maps of the fake and of the real photo
+    # (losses.perceptual_loss); 0 skips it.
+    perceptual_weight: float = 0.0
+    # The adversarial term's weight once the critic has ramped in (schedule kind two_phase).
+    adversarial_weight: float = 1.0
+    # Differentiable augmentation of both of D's inputs (losses.diff_augment): "" for none,
+    # else a comma-separated subset of color,translation,cutout.
+    diff_augment: str = ""
 
 
 @dataclasses.dataclass
 class ScheduleConfig:
-    kind: str = "exponential"  # exponential | decaying_pixel | scale_weights | none
+    # exponential | decaying_pixel | scale_weights | none | two_phase
+    kind: str = "exponential"
     identity_max: float = 1.0
     metric_max: float = 1.0
     tau: float = 2000.0
+    # two_phase: GAN steps of critic-free regression (pixels, perceptual, identity) before
+    # the critic and the metric come in; then the adversarial weight ramps linearly over
+    # critic_ramp steps and the metric rises exponentially while the pixel term decays.
+    regression_steps: int = 0
+    critic_ramp: int = 500
 
 
 @dataclasses.dataclass
@@ -153,7 +174,7 @@ class ConfigError(ValueError):
     """A preset name or an override that does not match the config."""
 
 
-def _smoke() -> Config:
+def _smoke_adain() -> Config:
     return Config(
         preset="smoke",
         data=DataConfig(resolution=32, identities_per_batch=4, images_per_identity=2,
@@ -161,7 +182,7 @@ def _smoke() -> Config:
         flow=FlowConfig(levels=2, steps_per_level=2, hidden_channels=16),
         student=StudentConfig(hidden_units=32, width=4, blocks=(1, 1), batch_size=8,
                               warmup_steps=2, views=1, eval_every=2, eval_faces=16),
-        generator=GeneratorConfig(noise_dim=8, base_channels=32, min_channels=8),
+        generator=GeneratorConfig(noise_dim=8, base_channels=32, min_channels=8, style_dim=32),
         discriminator=DiscriminatorConfig(base_channels=8, max_channels=32),
         schedule=ScheduleConfig(tau=5.0),
         train=TrainConfig(student_steps=4, stage1_steps=4, stage2_steps=4, refresh_every=2,
@@ -170,12 +191,35 @@ def _smoke() -> Config:
     )
 
 
+def _smoke() -> Config:
+    config = _smoke_adain()
+    config = _regression_first(config, regression_steps=2)
+    return dataclasses.replace(config, schedule=dataclasses.replace(config.schedule,
+                                                                    critic_ramp=2))
+
+
+def _regression_first(config: Config, regression_steps: int) -> Config:
+    """The recipe of issue 20: a critic-free FiLM regression, then the critic to sharpen."""
+    return dataclasses.replace(
+        config,
+        generator=dataclasses.replace(config.generator, kind="film", rgb_scales=1,
+                                      base_channels=2 * config.generator.base_channels,
+                                      style_dim=2 * config.generator.style_dim),
+        losses=dataclasses.replace(config.losses, l1_weight=1.0, perceptual_weight=1.0,
+                                   adversarial_weight=0.1, diff_augment="color,translation"),
+        schedule=dataclasses.replace(config.schedule, kind="two_phase",
+                                     regression_steps=regression_steps),
+        # The regression's measured optimiser (Adam 5e-4, betas 0.5 / 0.99).
+        train=dataclasses.replace(config.train, generator_lr=5e-4, beta_1=0.5),
+    )
+
+
 def _cpu64() -> Config:
-    return Config(preset="cpu64")
+    return _regression_first(Config(preset="cpu64"), regression_steps=4000)
 
 
 def _paper128() -> Config:
-    return Config(
+    return _regression_first(Config(
         preset="paper128",
         data=DataConfig(resolution=128, identities_per_batch=16, images_per_identity=4),
         flow=FlowConfig(levels=4, steps_per_level=16, hidden_channels=256),
@@ -183,7 +227,7 @@ def _paper128() -> Config:
         generator=GeneratorConfig(noise_dim=128, base_channels=512, min_channels=64),
         discriminator=DiscriminatorConfig(base_channels=64, max_channels=512),
         train=TrainConfig(student_steps=60000, stage1_steps=20000, stage2_steps=200000),
-    )
+    ), regression_steps=40000)
 
 
 PRESETS = {"smoke": _smoke, "cpu64": _cpu64, "paper128": _paper128}

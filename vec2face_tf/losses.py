@@ -394,6 +394,129 @@ def l1_reconstruction_loss(generated: tf.Tensor, real: tf.Tensor,
     return reduce_per_example(per_example, reduction, global_batch_size)
 
 
+def perceptual_loss(generated_features: Sequence[tf.Tensor], real_features: Sequence[tf.Tensor],
+                    reduction: str = "sum_over_batch_size",
+                    global_batch_size: int | tf.Tensor | None = None,
+                    epsilon: float = 1e-6) -> tf.Tensor:
+    """Feature-map L1 between generated and real faces, normalised per map and example.
+
+    For each pair of maps ``(g_l, r_l)`` of one example the term is
+    ``mean|g_l - r_l| / (mean|r_l| + epsilon)``: every map weighs alike whatever its
+    activation scale. The terms are averaged over the maps. The real maps are treated as
+    constants (no gradient reaches the real photo's branch).
+
+    Args:
+      generated_features: float[B, h_l, w_l, c_l] per map, of the generated faces (for
+        example the student's stem and residual-block outputs).
+      real_features: the same maps of the real photos, in the same order and shapes.
+      reduction: see ``reduce_per_example``.
+      global_batch_size: see ``reduce_per_example``.
+      epsilon: keeps an all-zero real map finite.
+
+    Returns:
+      The loss, float[B] or a scalar depending on ``reduction``.
+
+    Raises:
+      ValueError: for no maps, a different number of maps, or mismatched shapes.
+    """
+    generated_features, real_features = list(generated_features), list(real_features)
+    if not generated_features or len(generated_features) != len(real_features):
+        raise ValueError(f"perceptual_loss needs the same, non-zero number of generated and "
+                         f"real maps; got {len(generated_features)} and {len(real_features)}")
+    terms = []
+    for index, (generated, real) in enumerate(zip(generated_features, real_features)):
+        generated = _flatten_per_example(generated, f"generated_features[{index}]")
+        real = tf.stop_gradient(_flatten_per_example(real, f"real_features[{index}]"))
+        _check_compatible(generated, real, f"generated_features[{index}]",
+                          f"real_features[{index}]")
+        generated, real = _check_same_batch(generated, real, f"generated_features[{index}]",
+                                            f"real_features[{index}]")
+        distance = tf.reduce_mean(tf.abs(generated - real), axis=1)
+        terms.append(distance / (tf.reduce_mean(tf.abs(real), axis=1) + epsilon))
+    per_example = tf.add_n(terms) / float(len(terms))
+    return reduce_per_example(per_example, reduction, global_batch_size)
+
+
+DIFF_AUGMENT_KINDS = ("color", "translation", "cutout")
+
+
+def parse_diff_augment(spec: str) -> tuple[str, ...]:
+    """The augmentations named in a ``losses.diff_augment`` spec ("" for none).
+
+    Raises:
+      ValueError: for a name that is not one of ``DIFF_AUGMENT_KINDS``.
+    """
+    kinds = tuple(part.strip() for part in spec.split(",") if part.strip())
+    unknown = [kind for kind in kinds if kind not in DIFF_AUGMENT_KINDS]
+    if unknown:
+        raise ValueError(f"losses.diff_augment: unknown augmentation(s) {unknown}; choose "
+                         f"from {DIFF_AUGMENT_KINDS}")
+    return kinds
+
+
+def diff_augment(images: tf.Tensor, kinds: Sequence[str], seed: tf.Tensor) -> tf.Tensor:
+    """Differentiable augmentation of a critic's input (Zhao et al., 2020, "DiffAugment").
+
+    The same random transform family is applied to real and generated images, and gradients
+    flow through it to the generator, so the critic cannot memorise the few thousand real
+    faces while the generator still learns the un-augmented distribution.
+
+    * ``color``: per image, brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]
+      (on images in [-1, 1]);
+    * ``translation``: per image, an integer shift of up to 1/8 of the side, zero padded;
+    * ``cutout``: per image, one zeroed square of half the side.
+
+    Args:
+      images: float[B, H, W, C] in [-1, 1].
+      kinds: a subset of ``DIFF_AUGMENT_KINDS``, applied in that order.
+      seed: int[2], the stateless seed (the same seed gives the same transforms).
+
+    Returns:
+      float32[B, H, W, C], the augmented images.
+    """
+    images = _as_float32(images)
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
+    if "color" in kinds:
+        def uniform(index, low, high):
+            return tf.random.stateless_uniform([batch, 1, 1, 1], seeds[index], low, high)
+        images = images + uniform(0, -0.5, 0.5)
+        mean = tf.reduce_mean(images, axis=3, keepdims=True)
+        images = (images - mean) * uniform(1, 0.0, 2.0) + mean
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        images = (images - mean) * uniform(2, 0.5, 1.5) + mean
+    if "translation" in kinds:
+        images = _translate(images, batch, height, width, seeds[3])
+    if "cutout" in kinds:
+        images = _cutout(images, batch, height, width, seeds[4], seeds[5])
+    return images
+
+
+def _translate(images, batch, height, width, seed):
+    limit_y, limit_x = height // 8, width // 8
+    offsets = tf.random.stateless_uniform([batch, 2], seed, -1.0, 1.0)
+    shift_y = tf.cast(tf.round(offsets[:, 0] * tf.cast(limit_y, tf.float32)), tf.int32)
+    shift_x = tf.cast(tf.round(offsets[:, 1] * tf.cast(limit_x, tf.float32)), tf.int32)
+    # out[y, x] = in[y - shift_y, x - shift_x], zero outside: a gather on padded images.
+    padded = tf.pad(images, [[0, 0], [limit_y, limit_y], [limit_x, limit_x], [0, 0]])
+    rows = tf.range(height)[None, :] - shift_y[:, None] + limit_y
+    cols = tf.range(width)[None, :] - shift_x[:, None] + limit_x
+    images = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(images, cols, axis=2, batch_dims=1)
+
+
+def _cutout(images, batch, height, width, seed_y, seed_x):
+    size_y, size_x = height // 2, width // 2
+    center_y = tf.random.stateless_uniform([batch, 1, 1], seed_y, 0, height, tf.int32)
+    center_x = tf.random.stateless_uniform([batch, 1, 1], seed_x, 0, width, tf.int32)
+    rows = tf.range(height)[None, :, None]
+    cols = tf.range(width)[None, None, :]
+    inside = ((tf.abs(rows - center_y) < (size_y + 1) // 2)
+              & (tf.abs(cols - center_x) < (size_x + 1) // 2))
+    return images * tf.cast(~inside, images.dtype)[..., None]
+
+
 def _as_float32(values: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(values), tf.float32)
 

@@ -21,7 +21,7 @@ from keras import ops
 
 from vec2face_tf.config import ScheduleConfig
 
-SCHEDULE_KINDS = ("exponential", "decaying_pixel", "scale_weights", "none")
+SCHEDULE_KINDS = ("exponential", "decaying_pixel", "scale_weights", "none", "two_phase")
 DEFAULT_SCALE_SHARPNESS = 2.0
 
 
@@ -47,15 +47,16 @@ class ExponentialRamp(keras.optimizers.schedules.LearningRateSchedule):
       tau: the time constant in steps, > 0.
     """
 
-    def __init__(self, w_max: float, tau: float):
+    def __init__(self, w_max: float, tau: float, start: int = 0):
         self.w_max = _check_finite("w_max", w_max, 0.0)
         self.tau = _check_finite("tau", tau, 0.0, strict=True)
+        self.start = int(_check_finite("start", start, 0.0))
 
     def __call__(self, step):
-        return self.w_max * (1.0 - ops.exp(-_step_as_float(step) / self.tau))
+        return self.w_max * (1.0 - ops.exp(-_step_as_float(step - self.start) / self.tau))
 
     def get_config(self) -> dict:
-        return {"w_max": self.w_max, "tau": self.tau}
+        return {"w_max": self.w_max, "tau": self.tau, "start": self.start}
 
 
 @keras.saving.register_keras_serializable(package="vec2face")
@@ -71,15 +72,16 @@ class ExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
       tau: the time constant in steps, > 0.
     """
 
-    def __init__(self, w0: float, tau: float):
+    def __init__(self, w0: float, tau: float, start: int = 0):
         self.w0 = _check_finite("w0", w0, 0.0)
         self.tau = _check_finite("tau", tau, 0.0, strict=True)
+        self.start = int(_check_finite("start", start, 0.0))
 
     def __call__(self, step):
-        return self.w0 * ops.exp(-_step_as_float(step) / self.tau)
+        return self.w0 * ops.exp(-_step_as_float(step - self.start) / self.tau)
 
     def get_config(self) -> dict:
-        return {"w0": self.w0, "tau": self.tau}
+        return {"w0": self.w0, "tau": self.tau, "start": self.start}
 
 
 @keras.saving.register_keras_serializable(package="vec2face")
@@ -120,6 +122,34 @@ class ScaleWeights(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="vec2face")
+class LinearRamp(keras.optimizers.schedules.LearningRateSchedule):
+    """0 up to step ``start``, then linear to ``w_max`` over ``ramp_steps``, then ``w_max``.
+
+    Brings the critic in after the regression phase: a critic at full weight from its first
+    step, while it still tells real from fake at random, would push the generator anywhere.
+
+    Args:
+      w_max: the final weight, >= 0.
+      start: the last step at weight 0, >= 0.
+      ramp_steps: steps from 0 to ``w_max``; 0 jumps at ``start``.
+    """
+
+    def __init__(self, w_max: float, start: int = 0, ramp_steps: int = 0):
+        self.w_max = _check_finite("w_max", w_max, 0.0)
+        self.start = int(_check_finite("start", start, 0.0))
+        self.ramp_steps = int(_check_finite("ramp_steps", ramp_steps, 0.0))
+
+    def __call__(self, step):
+        elapsed = _step_as_float(step - self.start)
+        if self.ramp_steps == 0:
+            return self.w_max * ops.cast(elapsed > 0.0, "float32")
+        return self.w_max * ops.minimum(elapsed / float(self.ramp_steps), 1.0)
+
+    def get_config(self) -> dict:
+        return {"w_max": self.w_max, "start": self.start, "ramp_steps": self.ramp_steps}
+
+
+@keras.saving.register_keras_serializable(package="vec2face")
 class Constant(keras.optimizers.schedules.LearningRateSchedule):
     """``w(t) = value`` at every step (schedule kind ``none``, for ablations).
 
@@ -140,7 +170,8 @@ class Constant(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_loss_weight_schedules(schedule_config: ScheduleConfig, *, pixel_weight: float = 0.0,
-                                num_scales: int = 2,
+                                num_scales: int = 2, perceptual_weight: float = 0.0,
+                                adversarial_weight: float = 1.0,
                                 ) -> dict[str, keras.optimizers.schedules.LearningRateSchedule]:
     """Builds the loss-weight schedules selected by ``schedule_config.kind``.
 
@@ -153,16 +184,26 @@ def build_loss_weight_schedules(schedule_config: ScheduleConfig, *, pixel_weight
     decaying_pixel ExponentialRamp           ExponentialDecay       equal weights
     scale_weights  ExponentialRamp           Constant               ScaleWeights
     none           Constant (the maxima)     Constant               equal weights
+    two_phase      identity Constant;        Constant, then         equal weights
+                   metric ExponentialRamp    ExponentialDecay
+                   from regression_steps     from regression_steps
     ============== ========================= ====================== ====================
+
+    ``perceptual`` is constant for every kind. ``adversarial`` is constant for every kind but
+    ``two_phase``, where it is 0 for the ``regression_steps`` and then a ``LinearRamp`` over
+    ``critic_ramp`` steps: the trainer skips the critic (and the flow) while it is 0.
 
     Args:
       schedule_config: ``kind``, ``identity_max``, ``metric_max`` and ``tau``.
       pixel_weight: the pixel (L1) weight at step 0 (``LossConfig.l1_weight``), >= 0; it must
         be > 0 for ``decaying_pixel``, which would otherwise have nothing to decay.
       num_scales: number of generator output scales (``GeneratorConfig.rgb_scales``), >= 1.
+      perceptual_weight: the perceptual term's weight (``LossConfig.perceptual_weight``).
+      adversarial_weight: the adversarial term's weight (``LossConfig.adversarial_weight``).
 
     Returns:
-      ``{"identity", "metric", "pixel", "scales"}`` mapped to schedules; ``scales`` returns a
+      ``{"identity", "metric", "pixel", "perceptual", "adversarial", "scales"}`` mapped to
+      schedules; ``scales`` returns a
       float32[num_scales] weight vector (index 0 the coarsest scale), the others a scalar.
 
     Raises:
@@ -176,15 +217,27 @@ def build_loss_weight_schedules(schedule_config: ScheduleConfig, *, pixel_weight
         raise ValueError("schedule kind 'decaying_pixel' needs pixel_weight > 0 (set "
                          f"losses.l1_weight), got {pixel_weight}")
     equal_scales = ScaleWeights(num_scales, tau, sharpness=0.0)
+    shared = {"perceptual": Constant(perceptual_weight),
+              "adversarial": Constant(adversarial_weight)}
     if kind == "none":
         return {"identity": Constant(schedule_config.identity_max),
                 "metric": Constant(schedule_config.metric_max),
                 "pixel": Constant(pixel_weight),
-                "scales": equal_scales}
+                "scales": equal_scales, **shared}
+    if kind == "two_phase":
+        start = schedule_config.regression_steps
+        return {"identity": Constant(schedule_config.identity_max),
+                "metric": ExponentialRamp(schedule_config.metric_max, tau, start=start),
+                "pixel": ExponentialDecay(pixel_weight, tau, start=start),
+                "scales": equal_scales,
+                "perceptual": Constant(perceptual_weight),
+                "adversarial": LinearRamp(adversarial_weight, start=start,
+                                          ramp_steps=schedule_config.critic_ramp)}
     return {
         "identity": ExponentialRamp(schedule_config.identity_max, tau),
         "metric": ExponentialRamp(schedule_config.metric_max, tau),
         "pixel": (ExponentialDecay(pixel_weight, tau) if kind == "decaying_pixel"
                   else Constant(pixel_weight)),
         "scales": ScaleWeights(num_scales, tau) if kind == "scale_weights" else equal_scales,
+        **shared,
     }

@@ -177,3 +177,64 @@ def test_missing_imagenet_weights_give_a_clear_error(monkeypatch):
                              r"inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5.*"
                              r"face_detection_rate"):
         realism.InceptionFeatures()
+
+
+# --- sharpness, contrast, SSIM ----------------------------------------------------------------
+
+def _checkerboard(size=8, low=0, high=255):
+    board = (np.add.outer(np.arange(size), np.arange(size)) % 2).astype(np.uint8)
+    return np.repeat((low + board * (high - low))[None, :, :, None], 3, axis=-1).astype(
+        np.uint8)
+
+
+def test_laplacian_variance_and_contrast_golden_on_a_checkerboard():
+    board = _checkerboard()
+    # Each interior pixel's Laplacian is 4 x (neighbours - itself) = -+1020, half of each:
+    # variance 1020^2 = 1,040,400. Half the pixels 0, half 255: grey std 127.5.
+    assert realism.laplacian_variance(board)[0] == pytest.approx(1020.0 ** 2, rel=1e-3)
+    assert realism.grey_contrast(board)[0] == pytest.approx(127.5, rel=1e-3)
+    flat = np.full((2, 8, 8, 3), 77, np.uint8)
+    np.testing.assert_allclose(realism.laplacian_variance(flat), 0.0, atol=1e-9)
+    np.testing.assert_allclose(realism.grey_contrast(flat), 0.0, atol=1e-9)
+
+
+def _blurred(images, sigma):
+    import tensorflow as tf
+
+    blurred = tf.image.resize(tf.image.resize(images, (images.shape[1] // sigma,) * 2,
+                                              method="area", antialias=True),
+                              images.shape[1:3], method="bilinear")
+    return tf.cast(tf.round(tf.clip_by_value(blurred, 0, 255)), tf.uint8).numpy()
+
+
+def test_blur_lowers_sharpness_and_contrast_scaling_is_read_back(real_crops):
+    assert realism.sharpness_ratio(real_crops, real_crops) == pytest.approx(1.0)
+    blurred = _blurred(real_crops, 4)
+    assert realism.sharpness_ratio(blurred, real_crops) < 0.2
+    assert realism.sharpness_ratio(_blurred(real_crops, 2), real_crops) > \
+        realism.sharpness_ratio(blurred, real_crops)
+    # Grey values pulled halfway to each image's mean halve its contrast and quarter its
+    # Laplacian variance (both are linear in the pixels), up to uint8 rounding.
+    pixels = real_crops.astype(np.float64)
+    mean = pixels.mean(axis=(1, 2, 3), keepdims=True)
+    halved = np.round(mean + 0.5 * (pixels - mean)).astype(np.uint8)
+    assert realism.contrast_ratio(halved, real_crops) == pytest.approx(0.5, abs=0.01)
+    assert realism.sharpness_ratio(halved, real_crops) == pytest.approx(0.25, abs=0.02)
+
+
+def test_ssim_is_one_for_the_original_and_lower_for_a_blur_or_another_face(real_crops):
+    assert realism.mean_ssim(real_crops, real_crops) == pytest.approx(1.0, abs=1e-6)
+    blurred = realism.mean_ssim(_blurred(real_crops, 4), real_crops)
+    shuffled = realism.mean_ssim(np.roll(real_crops, 1, axis=0), real_crops)
+    assert shuffled < blurred < 0.95
+
+
+def test_realism_ratios_reject_mismatched_or_flat_inputs(real_crops):
+    with pytest.raises(ValueError, match="one resolution"):
+        realism.sharpness_ratio(real_crops[:, :32, :32], real_crops)
+    with pytest.raises(ValueError, match="flat"):
+        realism.contrast_ratio(real_crops, np.full_like(real_crops, 9))
+    with pytest.raises(ValueError, match="same shape"):
+        realism.mean_ssim(real_crops[:2], real_crops[:3])
+    with pytest.raises(ValueError, match="uint8"):
+        realism.laplacian_variance(real_crops.astype(np.float32))

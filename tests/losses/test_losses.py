@@ -401,3 +401,111 @@ def test_centred_cosine_golden():
     teacher = tf.constant([[4.0, 3.0], [30.0, 40.0]])
     np.testing.assert_allclose(
         losses.centred_cosine(student, teacher, tf.constant([0.6, 0.6])), [0.0, 1.0], atol=1e-6)
+
+
+# --- perceptual -----------------------------------------------------------------------------
+
+def _perceptual_maps():
+    # Two maps, batch of 2; map 1 has two values per example, map 2 one.
+    generated = [tf.constant([[[[0.0, -1.0]]], [[[2.0, 0.0]]]]), tf.constant([[2.0], [0.5]])]
+    real = [tf.constant([[[[1.0, -1.0]]], [[[2.0, 2.0]]]]), tf.constant([[4.0], [0.5]])]
+    return generated, real
+
+
+def test_perceptual_loss_golden():
+    generated, real = _perceptual_maps()
+    # map 1: example 0 mean|g-r| = 0.5 over mean|r| = 1 -> 0.5; example 1: 1 / 2 -> 0.5
+    # map 2: example 0: 2 / 4 -> 0.5; example 1: 0 / 0.5 -> 0
+    # per example, the mean over maps: 0.5 and 0.25; over the batch 0.375
+    np.testing.assert_allclose(losses.perceptual_loss(generated, real, reduction="none"),
+                               [0.5, 0.25], rtol=1e-5)
+    assert float(losses.perceptual_loss(generated, real)) == pytest.approx(0.375, rel=1e-5)
+    assert float(losses.perceptual_loss(generated, real, global_batch_size=4)) == \
+        pytest.approx(0.1875, rel=1e-5)
+
+
+def test_perceptual_loss_is_scale_free_per_map_and_zero_for_equal_maps():
+    generated, real = _perceptual_maps()
+    scaled_generated = [generated[0] * 1000.0, generated[1]]
+    scaled_real = [real[0] * 1000.0, real[1]]
+    np.testing.assert_allclose(losses.perceptual_loss(scaled_generated, scaled_real, "none"),
+                               losses.perceptual_loss(generated, real, "none"), rtol=1e-5)
+    assert float(losses.perceptual_loss(real, real)) == 0.0
+
+
+def test_perceptual_loss_gradient_reaches_the_generated_maps_only():
+    generated, real = _perceptual_maps()
+    generated = [tf.Variable(m) for m in generated]
+    real = [tf.Variable(m) for m in real]
+    with tf.GradientTape() as tape:
+        loss = losses.perceptual_loss(generated, real)
+    gradients = tape.gradient(loss, generated + real)
+    assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in gradients[:2])
+    assert all(g is None for g in gradients[2:])
+
+
+def test_perceptual_loss_rejects_mismatched_maps():
+    generated, real = _perceptual_maps()
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        losses.perceptual_loss(generated, real[:1])
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        losses.perceptual_loss([], [])
+    with pytest.raises(ValueError):
+        losses.perceptual_loss([generated[0]], [tf.zeros([2, 1, 1, 3])])
+
+
+# --- DiffAugment ----------------------------------------------------------------------------
+
+def test_diff_augment_spec_is_parsed_and_unknown_names_are_refused():
+    assert losses.parse_diff_augment("") == ()
+    assert losses.parse_diff_augment(" color, translation ") == ("color", "translation")
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        losses.parse_diff_augment("color,flip")
+
+
+def test_diff_augment_is_seeded_and_keeps_shape():
+    images = tf.random.stateless_uniform([4, 16, 16, 3], [1, 2], -1.0, 1.0)
+    kinds = losses.DIFF_AUGMENT_KINDS
+    first = losses.diff_augment(images, kinds, tf.constant([3, 4]))
+    again = losses.diff_augment(images, kinds, tf.constant([3, 4]))
+    other = losses.diff_augment(images, kinds, tf.constant([3, 5]))
+    assert first.shape == images.shape
+    np.testing.assert_array_equal(first, again)
+    assert float(tf.reduce_max(tf.abs(first - other))) > 0.1
+    np.testing.assert_array_equal(losses.diff_augment(images, (), tf.constant([3, 4])), images)
+
+
+def test_diff_augment_translation_shifts_pixels_and_zero_pads():
+    images = tf.reshape(tf.range(1, 1 + 2 * 16 * 16, dtype=tf.float32), [2, 16, 16, 1])
+    shifted = np.asarray(losses.diff_augment(images, ("translation",), tf.constant([0, 7])))
+    source = np.asarray(images)
+    for row in range(2):
+        # Every pixel is a pixel of the same image or zero, and a translation by at most
+        # 16 // 8 = 2 pixels keeps at least (16 - 2)^2 of them.
+        values = shifted[row][shifted[row] != 0]
+        assert set(values.tolist()) <= set(source[row].ravel().tolist())
+        assert values.size >= 14 * 14
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if np.array_equal(shifted[row, 2:14, 2:14],
+                                   source[row, 2 - dy:14 - dy, 2 - dx:14 - dx])]
+        assert len(found) == 1
+
+
+def test_diff_augment_cutout_zeroes_at_most_a_quarter_and_gradients_flow():
+    images = tf.Variable(tf.ones([8, 16, 16, 3]))
+    with tf.GradientTape() as tape:
+        out = losses.diff_augment(images, ("cutout",), tf.constant([5, 6]))
+        total = tf.reduce_sum(out)
+    zeroed = np.mean(np.asarray(out) == 0.0, axis=(1, 2, 3))
+    assert np.all(zeroed <= 0.25 + 1e-6) and np.all(zeroed > 0.0)
+    gradient = np.asarray(tape.gradient(total, images))
+    # d out / d in is 1 outside the square and 0 inside it.
+    np.testing.assert_array_equal(gradient, np.asarray(out))
+
+
+def test_diff_augment_color_changes_each_image_by_its_own_draw():
+    images = tf.zeros([3, 8, 8, 3]) + tf.constant([0.1, 0.2, 0.3])
+    out = np.asarray(losses.diff_augment(images, ("color",), tf.constant([9, 9])))
+    brightness_shift = out.mean(axis=(1, 2, 3)) - 0.2
+    assert np.all(np.abs(brightness_shift) <= 0.5 + 1e-5)
+    assert len(set(np.round(brightness_shift, 5).tolist())) == 3

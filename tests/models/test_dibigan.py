@@ -31,7 +31,8 @@ def _batches(config, steps, seed=0):
     return (np.concatenate(images), np.concatenate(vectors), np.concatenate(labels))
 
 
-FLOW_STUDENT = ["student.kind=flow"]
+# The perceptual term reads the image student's feature maps, which a flow head has not.
+FLOW_STUDENT = ["student.kind=flow", "losses.perceptual_weight=0"]
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +72,15 @@ def test_stage1_logs_finite_losses(trained):
 def test_stage2_logs_every_loss_and_weight(trained):
     history = trained["history2"]
     for name in ("d_loss", "g_loss", "g_adversarial", "identity", "metric", "pixel",
-                 "w_identity", "w_metric", "w_pixel"):
+                 "perceptual", "w_identity", "w_metric", "w_pixel", "w_perceptual",
+                 "w_adversarial"):
         assert name in history and np.isfinite(history[name]).all(), name
-    # The exponential ramp grows with the step (tau = 5 in smoke).
-    assert history["w_identity"][1] > history["w_identity"][0] > 0
+    # two_phase (smoke: regression_steps=2, tau=5, critic_ramp=2): identity holds its weight,
+    # the metric and the critic come in after step 2 and grow, the pixel term decays.
+    assert history["w_identity"] == pytest.approx([1.0, 1.0])
+    assert history["w_metric"][1] > history["w_metric"][0] > 0
+    assert history["w_adversarial"][1] > history["w_adversarial"][0] > 0
+    assert history["w_pixel"][1] < history["w_pixel"][0] < 1.0
 
 
 def test_stage2_updates_only_generator_and_discriminator(trained):
@@ -177,7 +183,8 @@ def test_preprocess_passes_half_the_gradient_straight_through():
 @pytest.mark.parametrize("kind", ["image", "flow"])
 def test_mixed_bfloat16_precision_keeps_the_flow_and_all_weights_in_float32(kind):
     config = config_lib.get_config("smoke", ["train.precision=mixed_bfloat16",
-                                             f"student.kind={kind}"])
+                                             f"student.kind={kind}",
+                                             "losses.perceptual_weight=0"])
     parts = dibigan.build_parts(config, EMBEDDING_DIM)
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     for network in (parts.generator, parts.discriminator, parts.student):

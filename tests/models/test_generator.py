@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from vec2face_tf.models.generator import (
     AdaptiveInstanceNormalization,
+    FiLMConvBlock,
+    FiLMGenerator,
     Generator,
     ModulatedConvBlock,
 )
@@ -244,3 +246,108 @@ def test_features_and_noise_weigh_alike_in_the_style_code():
     across_noise = np.asarray(generator.style_code(
         np.repeat(rows[:1], 256, axis=0), noise)).std(axis=0).mean()
     assert 0.7 < across_features / across_noise < 3.0
+
+
+# --- FiLMGenerator (generator.kind=film) ------------------------------------------------------
+
+FILM_TINY = dict(resolution=16, embedding_dim=EMBEDDING_DIM, noise_dim=NOISE_DIM,
+                 base_channels=16, min_channels=4, start_resolution=4, style_dim=16)
+
+
+@pytest.fixture
+def film_generator():
+    keras.utils.set_random_seed(2)
+    model = FiLMGenerator(**FILM_TINY)
+    model.build([(None, EMBEDDING_DIM), (None, NOISE_DIM)])
+    return model
+
+
+def test_film_output_shape_range_and_channel_halving(film_generator):
+    embedding, noise = _inputs()
+    image = film_generator([embedding, noise])
+    assert image.shape == (3, 16, 16, 3) and image.dtype == tf.float32
+    assert float(tf.reduce_max(tf.abs(image))) <= 1.0
+    # The start map has base_channels; each of the two stages (4 -> 8 -> 16) halves them.
+    assert film_generator.block_channels == [8, 4]
+    final, scales = film_generator([embedding, noise], return_all_scales=True)
+    assert len(scales) == 1 and film_generator.output_resolutions == [16]
+    np.testing.assert_array_equal(final, scales[0])
+
+
+def test_film_ignores_noise_until_trained_and_reads_the_embedding(film_generator):
+    embedding, noise = _inputs()
+    # The noise projection starts at zero: a regression-trained model draws one face per
+    # template whatever the noise, and the bare embedding means noise 0.
+    np.testing.assert_allclose(film_generator([embedding, noise]), film_generator(embedding),
+                               atol=1e-6)
+    other, _ = _inputs(seed=1)
+    assert float(tf.reduce_mean(tf.abs(film_generator(embedding) - film_generator(other)))) \
+        > 1e-3
+
+
+def test_film_block_modulation_follows_the_code():
+    keras.utils.set_random_seed(3)
+    block = FiLMConvBlock(4, upsample=True)
+    features = tf.random.normal([2, 4, 4, 3])
+    code = tf.random.normal([2, 5])
+    out = block([features, code], training=False)
+    assert out.shape == (2, 8, 8, 4)
+    block.scales[0].kernel.assign(tf.zeros_like(block.scales[0].kernel))
+    block.scales[0].bias.assign(tf.fill(block.scales[0].bias.shape, -1.0))
+    block.shifts[0].kernel.assign(tf.zeros_like(block.shifts[0].kernel))
+    block.shifts[0].bias.assign(tf.zeros_like(block.shifts[0].bias))
+    # (1 + scale) = 0 and shift = 0 after the first conv: the second conv sees zeros, so
+    # the block's output is its second FiLM shift through LeakyReLU, the same at every pixel.
+    out = np.asarray(block([features, code], training=False))
+    np.testing.assert_allclose(out, np.broadcast_to(out[:, :1, :1, :], out.shape), atol=1e-5)
+    assert FiLMConvBlock.from_config(block.get_config()).get_config() == block.get_config()
+
+
+def test_film_get_config_round_trip_and_keras_file(film_generator, tmp_path):
+    clone = FiLMGenerator.from_config(film_generator.get_config())
+    assert clone.get_config() == film_generator.get_config()
+    path = tmp_path / "film.keras"
+    film_generator.save(path)
+    loaded = keras.saving.load_model(path)
+    embedding, noise = _inputs()
+    np.testing.assert_allclose(loaded([embedding, noise]), film_generator([embedding, noise]),
+                               atol=1e-6)
+
+
+def test_film_bad_arguments_and_inputs_raise():
+    with pytest.raises(ValueError, match="resolution must be a power of two"):
+        FiLMGenerator(resolution=4, start_resolution=4)
+    with pytest.raises(ValueError, match="noise_dim"):
+        FiLMGenerator(noise_dim=-1)
+    model = FiLMGenerator(**FILM_TINY)
+    with pytest.raises(ValueError, match="embedding must have shape"):
+        model.build((None, EMBEDDING_DIM + 1))
+
+
+def test_film_batch_norm_uses_batch_statistics_only_in_training(film_generator):
+    embedding, noise = _inputs(batch=8)
+    before = [v.numpy().copy() for v in film_generator.non_trainable_variables]
+    film_generator([embedding, noise], training=False)
+    assert all(np.array_equal(b, v.numpy())
+               for b, v in zip(before, film_generator.non_trainable_variables))
+    film_generator([embedding, noise], training=True)
+    assert any(not np.array_equal(b, v.numpy())
+               for b, v in zip(before, film_generator.non_trainable_variables))
+
+
+def test_film_converts_to_tflite_with_builtin_ops_only(film_generator, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    archive = keras.export.ExportArchive()
+    archive.track(film_generator)
+    archive.add_endpoint(
+        "serving_default", lambda embedding: {"image": film_generator(embedding)},
+        input_signature=[tf.TensorSpec([None, EMBEDDING_DIM], tf.float32, name="embedding")])
+    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved_model"))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    runner = Interpreter(model_content=converter.convert()).get_signature_runner(
+        "serving_default")
+    embedding, _ = _inputs(batch=2)
+    np.testing.assert_allclose(runner(embedding=embedding)["image"],
+                               film_generator(embedding).numpy(), atol=1e-4)

@@ -152,7 +152,8 @@ def test_build_default_config_ramps_identity_and_metric():
     built = schedules.build_loss_weight_schedules(
         ScheduleConfig(identity_max=2.0, metric_max=0.5, tau=100.0), pixel_weight=0.3,
         num_scales=3)
-    assert sorted(built) == ["identity", "metric", "pixel", "scales"]
+    assert sorted(built) == ["adversarial", "identity", "metric", "perceptual", "pixel",
+                             "scales"]
     assert isinstance(built["identity"], schedules.ExponentialRamp)
     # t = tau: 2 (1 - e^-1) = 1.2642411 and 0.5 (1 - e^-1) = 0.3160603
     assert float(_value(built["identity"], 100)) == pytest.approx(1.2642411, rel=1e-6)
@@ -190,9 +191,46 @@ def test_build_from_every_preset():
         config = get_config(preset)
         built = schedules.build_loss_weight_schedules(
             config.schedule, pixel_weight=config.losses.l1_weight,
-            num_scales=config.generator.rgb_scales)
-        assert float(_value(built["identity"], 0)) == 0.0
+            num_scales=config.generator.rgb_scales,
+            perceptual_weight=config.losses.perceptual_weight,
+            adversarial_weight=config.losses.adversarial_weight)
+        # Every preset regresses first: identity, pixels and the perceptual term at their
+        # full weights from step 0, no critic until regression_steps.
+        start = config.schedule.regression_steps
+        assert config.schedule.kind == "two_phase" and start > 0
+        assert float(_value(built["identity"], 0)) == config.schedule.identity_max
+        assert float(_value(built["perceptual"], 0)) == config.losses.perceptual_weight
+        assert float(_value(built["adversarial"], start)) == 0.0
+        assert float(_value(built["adversarial"], start + 1)) > 0.0
         assert _value(built["scales"], 0).shape == (config.generator.rgb_scales,)
+
+
+def test_linear_ramp_golden():
+    ramp = schedules.LinearRamp(0.4, start=100, ramp_steps=50)
+    # 0 up to the start, 0.4 * 25 / 50 = 0.2 half-way, 0.4 from start + ramp_steps on.
+    values = [float(_value(ramp, step)) for step in (0, 100, 125, 150, 10**6)]
+    assert values == pytest.approx([0.0, 0.0, 0.2, 0.4, 0.4], rel=1e-6)
+    jump = schedules.LinearRamp(2.0, start=10)
+    assert [float(_value(jump, step)) for step in (10, 11)] == [0.0, 2.0]
+    with pytest.raises(ValueError, match="ramp_steps must be"):
+        schedules.LinearRamp(1.0, ramp_steps=-1)
+
+
+def test_two_phase_kind_golden():
+    built = schedules.build_loss_weight_schedules(
+        ScheduleConfig(kind="two_phase", identity_max=1.5, metric_max=0.5, tau=100.0,
+                       regression_steps=200, critic_ramp=40),
+        pixel_weight=2.0, perceptual_weight=0.7, adversarial_weight=0.1)
+    at = {name: [float(np.asarray(_value(s, t)).ravel()[0]) for t in (0, 200, 220, 300)]
+          for name, s in built.items()}
+    assert at["identity"] == pytest.approx([1.5] * 4)
+    assert at["perceptual"] == pytest.approx([0.7] * 4)
+    # The pixel term holds its weight through the regression, then decays: 2 e^-1 at +tau.
+    assert at["pixel"] == pytest.approx([2.0, 2.0, 2.0 * math.exp(-0.2), 0.7357589], rel=1e-6)
+    # The metric rises from the end of the regression: 0.5 (1 - e^-1) at +tau.
+    assert at["metric"] == pytest.approx([0.0, 0.0, 0.5 * (1 - math.exp(-0.2)), 0.3160603],
+                                         rel=1e-6)
+    assert at["adversarial"] == pytest.approx([0.0, 0.0, 0.05, 0.1], rel=1e-6)
 
 
 def test_docs_plot_script_writes_a_small_png(tmp_path):

@@ -30,7 +30,12 @@ def _run_binary(*flags, timeout=120):
     (["--student_steps=3"], "train.student_steps=3 must be a multiple of"),
     (["--config=student.kind=latent"], "student.kind='latent'; choose one of"),
     (["--config=student.blocks=1,1,1,1,1,1"], "divisible by 2**len(student.blocks) = 64"),
-    (["--stage=student", "--config=student.kind=flow"], "--stage=student distils the image"),
+    (["--stage=student", "--config=student.kind=flow", "--config=losses.perceptual_weight=0"],
+     "--stage=student distils the image"),
+    (["--config=student.kind=flow"], "set losses.perceptual_weight=0"),
+    (["--config=generator.kind=vae"], "generator.kind='vae'; choose one of"),
+    (["--config=schedule.regression_steps=3"], "schedule.regression_steps=3 must be a"),
+    (["--student_from=/nonexistent/student"], "--student_from=/nonexistent/student"),
     (["--extra_data=/nonexistent/faces"], "/nonexistent/faces"),
 ])
 def test_bad_flags_fail_before_any_work(small_faces, tmp_path, flags, message):
@@ -147,6 +152,75 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, dlib, tmp_path):
     assert (model_dir / "eval" / "grid.png").read_bytes().startswith(b"\x89PNG")
     saved = json.loads((model_dir / "eval" / "report.json").read_text())
     assert saved["reconstruction"] == report["reconstruction"]
+
+
+@pytest.mark.slow
+def test_a_warm_started_run_draws_at_step_0_what_the_export_draws(small_faces, tmp_path):
+    """--init_from and --student_from: G, its EMA and the student start from exports."""
+    import tensorflow as tf
+
+    from vec2face_tf.export import savedmodel
+    from vec2face_tf.export import student as student_export
+
+    first = tmp_path / "first"
+    trainer.train(config_lib.get_config("smoke"), str(small_faces), str(first), workers=0,
+                  verbose=0)
+    generator, metadata = savedmodel.load_run(first)
+    exported = savedmodel.write_savedmodel(generator, metadata, tmp_path / "exports", "warm",
+                                           version=1).path
+    student, student_metadata = student_export.load_student(first)
+    exported_student = student_export.write_student(student, student_metadata,
+                                                    tmp_path / "exports", "warm",
+                                                    version=1).path
+
+    # A run with no steps of its own: its checkpoint holds what the warm start loaded.
+    second = tmp_path / "second"
+    no_steps = config_lib.get_config("smoke", ["train.stage2_steps=0", "train.stage1_steps=0",
+                                               "schedule.regression_steps=0"])
+    result = trainer.train(no_steps, str(small_faces), str(second), workers=0, verbose=0,
+                           init_from=str(exported), student_from=str(exported_student))
+    assert result.student_history == {}  # the student stage was skipped
+    assert "loaded from" in (second / "student.done").read_text()
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(4, 128)).astype(np.float32)
+    served = tf.saved_model.load(str(exported)).signatures["serving_default"](
+        embedding=tf.constant(embeddings))["image"].numpy()
+    warm, _ = savedmodel.load_run(second)
+    drawn = np.asarray(savedmodel.to_uint8_image(warm(embeddings)))
+    # uint8 images of the same float weights: equal but for a rounding at a .5 boundary.
+    assert np.max(np.abs(drawn.astype(int) - served.astype(int))) <= 1
+    assert np.mean(drawn == served) > 0.999
+    warm_student, _ = student_export.load_student(second)
+    faces = rng.uniform(-1, 1, size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(warm_student(faces), student(faces), atol=1e-5)
+
+
+def test_warm_starts_refuse_exports_that_do_not_fit(small_faces, tmp_path):
+    # A generator export of another architecture, and a student that saw held-out people.
+    from vec2face_tf.export import student as student_export
+    from vec2face_tf.models import dibigan
+
+    config = config_lib.get_config("smoke", ["train.stage2_steps=0", "train.stage1_steps=0",
+                                             "schedule.regression_steps=0"])
+    wide = config_lib.get_config("smoke", ["generator.base_channels=48"])
+    from vec2face_tf.export import savedmodel
+
+    generator = dibigan.build_generator(wide, 128)
+    metadata = savedmodel.metadata_for(wide, "dlib", generator)
+    wrong = savedmodel.write_savedmodel(generator, metadata, tmp_path / "exports", "wide",
+                                        version=1).path
+    with pytest.raises(trainer.TrainingError, match="--init_from=.*another architecture"):
+        trainer.train(config, str(small_faces), str(tmp_path / "a"), workers=0, verbose=0,
+                      init_from=str(wrong))
+    student = dibigan.build_student(config, 128)
+    faces_seen = json.loads((tmp_path / "a" / "split.json").read_text())
+    leaky = student_export.write_student(
+        student, {"format": "vec2face_tf student",
+                  "train_identities": faces_seen["held_out_identities"][:1]},
+        tmp_path / "exports", "leaky", version=1).path
+    with pytest.raises(trainer.TrainingError, match="trained on 1 of this run's held-out"):
+        trainer.train(config, str(small_faces), str(tmp_path / "b"), workers=0, verbose=0,
+                      student_from=str(leaky))
 
 
 def test_stage_student_distils_from_extra_photos_and_stops(small_faces, faces_dev, tmp_path):

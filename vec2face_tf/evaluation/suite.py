@@ -365,6 +365,9 @@ def _realism(images: np.ndarray, probes: pipeline.Faces, vectors: np.ndarray,
     real = realism.resize_uint8(probes.crops, images.shape[1])
     result = {"engine_frechet_distance": realism.engine_frechet_distance(vectors,
                                                                          probes.embeddings),
+              "sharpness_ratio": realism.sharpness_ratio(images, real),
+              "contrast_ratio": realism.contrast_ratio(images, real),
+              "ssim": realism.mean_ssim(images, real),
               "detection": {}}
     for detector in detectors:
         result["detection"][detector] = {
@@ -449,8 +452,13 @@ def markdown_report(report: dict) -> str:
     realism_report = report["realism"]
     lines += ["", "## Realism", "",
               f"Engine-vector Fréchet distance, reconstructions vs real probe photos: "
-              f"{realism_report['engine_frechet_distance']:.4f}", "",
-              "| detector | reconstructions | real photos |", "| --- | --- | --- |"]
+              f"{realism_report['engine_frechet_distance']:.4f}", ""]
+    if "sharpness_ratio" in realism_report:
+        lines += [f"Against the real probe crops at the same resolution: sharpness (Laplacian "
+                  f"variance) {realism_report['sharpness_ratio']:.2f}, contrast (grey std) "
+                  f"{realism_report['contrast_ratio']:.2f}; SSIM against the original photo "
+                  f"{realism_report['ssim']:.3f}.", ""]
+    lines += ["| detector | reconstructions | real photos |", "| --- | --- | --- |"]
     for detector, rates in realism_report["detection"].items():
         cells = []
         for side in ("reconstructions", "real_photos"):

@@ -29,7 +29,7 @@ from vec2face_tf import schedules as schedules_lib
 from vec2face_tf.config import Config, config_from_dict
 from vec2face_tf.models import flow as flow_lib
 from vec2face_tf.models.discriminator import Discriminator
-from vec2face_tf.models.generator import Generator
+from vec2face_tf.models.generator import FiLMGenerator, Generator
 from vec2face_tf.models.student import ImageStudent, StudentHead
 
 
@@ -44,6 +44,7 @@ class DiBiGANParts:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+GENERATOR_KINDS = ("film", "adain")
 STUDENT_KINDS = ("image", "flow")
 
 
@@ -85,13 +86,26 @@ def _build_parts(config: Config, embedding_dim: int) -> DiBiGANParts:
 
 
 def build_generator(config: Config, embedding_dim: int) -> keras.Model:
-    """The generator G of ``config``, built (under the current dtype policy)."""
-    generator = Generator(
-        resolution=config.data.resolution, embedding_dim=embedding_dim,
-        noise_dim=config.generator.noise_dim, base_channels=config.generator.base_channels,
-        min_channels=config.generator.min_channels,
-        start_resolution=config.generator.start_resolution,
-        rgb_scales=config.generator.rgb_scales)
+    """The generator G of ``config``, built (under the current dtype policy).
+
+    Raises:
+      ValueError: for an unknown ``generator.kind``.
+    """
+    settings = config.generator
+    if settings.kind == "film":
+        generator = FiLMGenerator(
+            resolution=config.data.resolution, embedding_dim=embedding_dim,
+            noise_dim=settings.noise_dim, base_channels=settings.base_channels,
+            min_channels=settings.min_channels, start_resolution=settings.start_resolution,
+            style_dim=settings.style_dim)
+    elif settings.kind == "adain":
+        generator = Generator(
+            resolution=config.data.resolution, embedding_dim=embedding_dim,
+            noise_dim=settings.noise_dim, base_channels=settings.base_channels,
+            min_channels=settings.min_channels, start_resolution=settings.start_resolution,
+            rgb_scales=settings.rgb_scales, style_dim=settings.style_dim)
+    else:
+        raise ValueError(f"generator.kind={settings.kind!r}; choose one of {GENERATOR_KINDS}")
     generator([tf.zeros([1, embedding_dim]), tf.zeros([1, config.generator.noise_dim])])
     return generator
 
@@ -409,14 +423,21 @@ class DiBiGAN(_PrebuiltModel):
         self.global_batch_size = global_batch_size
         self.weight_schedules = schedules_lib.build_loss_weight_schedules(
             config.schedule, pixel_weight=config.losses.l1_weight,
-            num_scales=config.generator.rgb_scales)
+            num_scales=config.generator.rgb_scales,
+            perceptual_weight=config.losses.perceptual_weight,
+            adversarial_weight=config.losses.adversarial_weight)
+        self.augmentations = losses_lib.parse_diff_augment(config.losses.diff_augment)
+        if config.losses.perceptual_weight > 0 and not isinstance(self.student, ImageStudent):
+            raise ValueError("losses.perceptual_weight > 0 needs the image student "
+                             "(student.kind=image): its feature maps are what it compares")
         level_weights = config.flow.level_weights or None
         self.level_weights = None if level_weights is None else list(level_weights)
         names = ["d_loss", "g_loss", "g_adversarial", "identity", "metric", "pixel",
-                 "student_cosine", "d_real", "d_fake"]
+                 "perceptual", "student_cosine", "d_real", "d_fake"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.weight_trackers = {name: keras.metrics.Mean(name=f"w_{name}")
-                                for name in ("identity", "metric", "pixel")}
+                                for name in ("identity", "metric", "pixel", "perceptual",
+                                             "adversarial")}
         self.built = True
 
     @property
@@ -479,6 +500,8 @@ class DiBiGAN(_PrebuiltModel):
         return latents
 
     def train_step(self, data):
+        if len(data) == 2:
+            return self.regression_step(data)
         images, embeddings, labels = data
         step = self.g_optimizer.iterations
         noise = per_example_noise(embeddings, step, self.config.generator.noise_dim)
@@ -502,9 +525,65 @@ class DiBiGAN(_PrebuiltModel):
         return self._track({"d_loss": d_loss, **g_terms}, embeddings, student_vectors,
                            real_logits, fake_logits, weights)
 
+    def regression_step(self, data):
+        """One critic-free G step on ``(images, embeddings)``: pixels, perceptual, identity.
+
+        The first phase of schedule kind ``two_phase``: no discriminator and no flow run, so
+        a step costs about the generator and two student passes.
+        """
+        images, embeddings = data
+        step = self.g_optimizer.iterations
+        noise = per_example_noise(embeddings, step, self.config.generator.noise_dim)
+        weights = {name: tf.cast(schedule(step), tf.float32)
+                   for name, schedule in self.weight_schedules.items()}
+        batch = self.global_batch_size
+        with tf.GradientTape() as g_tape:
+            fake_images, fake_scales = self.generator(
+                [embeddings, noise], training=True, return_all_scales=True)
+            student_vectors, perceptual = self._student_terms(fake_images, images, weights)
+            identity = losses_lib.identity_loss(
+                student_vectors, embeddings, center=self.center, global_batch_size=batch)
+            pixel = self._multiscale_l1(fake_scales, images, weights["scales"])
+            g_loss = (weights["identity"] * identity + weights["pixel"] * pixel
+                      + weights["perceptual"] * perceptual)
+        g_variables = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(
+            zip(g_tape.gradient(g_loss, g_variables), g_variables))
+        terms = {"g_loss": g_loss, "identity": identity, "pixel": pixel,
+                 "perceptual": perceptual}
+        values = {name: global_loss(value) for name, value in terms.items()}
+        values["student_cosine"] = -keras.losses.cosine_similarity(embeddings,
+                                                                   student_vectors)
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        for name, tracker in self.weight_trackers.items():
+            tracker.update_state(weights[name])
+        return self._logs()
+
+    def _student_terms(self, fake_images, images, weights) -> tuple[tf.Tensor, tf.Tensor]:
+        """(the student's vectors of the fakes, the perceptual loss; 0 without the term)."""
+        if self.config.losses.perceptual_weight <= 0:
+            return self.student_embed(fake_images), tf.constant(0.0)
+        student_vectors, fake_maps = self.student.embed_with_features(fake_images,
+                                                                      training=False)
+        _, real_maps = self.student.embed_with_features(images, training=False)
+        perceptual = losses_lib.perceptual_loss(
+            fake_maps, [tf.stop_gradient(m) for m in real_maps],
+            global_batch_size=self.global_batch_size)
+        return student_vectors, perceptual
+
+    def _augment(self, images, salt: int):
+        """DiffAugment of a critic input, seeded by (step, salt); unchanged without any."""
+        if not self.augmentations:
+            return images
+        seed = tf.stack([tf.cast(self.g_optimizer.iterations, tf.int64),
+                         tf.constant(salt, tf.int64)])
+        return losses_lib.diff_augment(images, self.augmentations, seed)
+
     def _discriminator_step(self, images, embeddings, fake_images) -> tuple[tf.Tensor, tf.Tensor]:
         """Updates D on real and generated images; returns (D loss, D's logits of the reals)."""
         kind, batch = self.config.losses.adversarial, self.global_batch_size
+        images, fake_images = self._augment(images, 1), self._augment(fake_images, 2)
         with tf.GradientTape() as d_tape:
             if self.config.losses.r1_gamma > 0:
                 with tf.GradientTape() as r1_tape:
@@ -534,25 +613,40 @@ class DiBiGAN(_PrebuiltModel):
           of the fakes, D's logits of the fakes).
         """
         batch = self.global_batch_size
-        fake_logits = self.discriminator([fake_images, embeddings], training=True)
+        fake_logits = self.discriminator([self._augment(fake_images, 3), embeddings],
+                                         training=True)
         g_adversarial = losses_lib.generator_adversarial_loss(
             fake_logits, kind=self.config.losses.adversarial, global_batch_size=batch)
-        fake_latents = self.latents(fake_images)
-        # Mine positives and negatives among the real images of the whole global batch, so
-        # that N replicas see the same triplets as one. Real latents need no gradient.
-        real_latents = [gather_replicas(tf.stop_gradient(z)) for z in self.latents(images)]
-        metric = losses_lib.batch_hard_triplet_loss(
-            fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
-            real_labels=gather_replicas(labels), level_weights=self.level_weights,
-            global_batch_size=batch)
-        student_vectors = self.student_embed(fake_images, fake_latents)
+        needs_flow = (self.config.schedule.metric_max > 0
+                      or not isinstance(self.student, ImageStudent))
+        # The flow is the costliest network of the step; with no metric term and an image
+        # student nothing reads its latents.
+        fake_latents = self.latents(fake_images) if needs_flow else None
+        if self.config.schedule.metric_max > 0:
+            # Mine positives and negatives among the real images of the whole global batch,
+            # so that N replicas see the same triplets as one. Real latents need no gradient.
+            real_latents = [gather_replicas(tf.stop_gradient(z))
+                            for z in self.latents(images)]
+            metric = losses_lib.batch_hard_triplet_loss(
+                fake_latents, real_latents, labels, margin=self.config.losses.triplet_margin,
+                real_labels=gather_replicas(labels), level_weights=self.level_weights,
+                global_batch_size=batch)
+        else:
+            metric = tf.constant(0.0)
+        if isinstance(self.student, ImageStudent):
+            student_vectors, perceptual = self._student_terms(fake_images, images, weights)
+        else:
+            student_vectors = self.student_embed(fake_images, fake_latents)
+            perceptual = tf.constant(0.0)
         identity = losses_lib.identity_loss(
             student_vectors, embeddings, center=self.center, global_batch_size=batch)
         pixel = self._multiscale_l1(fake_scales, images, weights["scales"])
-        g_loss = (g_adversarial + weights["identity"] * identity
-                  + weights["metric"] * metric + weights["pixel"] * pixel)
+        g_loss = (weights["adversarial"] * g_adversarial + weights["identity"] * identity
+                  + weights["metric"] * metric + weights["pixel"] * pixel
+                  + weights["perceptual"] * perceptual)
         return ({"g_loss": g_loss, "g_adversarial": g_adversarial, "identity": identity,
-                 "metric": metric, "pixel": pixel}, student_vectors, fake_logits)
+                 "metric": metric, "pixel": pixel, "perceptual": perceptual},
+                student_vectors, fake_logits)
 
     def _track(self, losses: dict, embeddings, student_vectors, real_logits, fake_logits,
                weights) -> dict:
@@ -578,9 +672,22 @@ class DiBiGAN(_PrebuiltModel):
                 fake, real, global_batch_size=self.global_batch_size)
         return total
 
+    def reset_ema(self) -> None:
+        """Sets the EMA copy to the generator's current weights (after a warm start).
+
+        Keras creates the averages at zero and only fills them at the first update, so an
+        export of a warm-started run before its first step would otherwise draw from zeros.
+        """
+        optimizer = self.g_optimizer
+        averages = getattr(optimizer, "_model_variables_moving_average", None)
+        if not averages:
+            return
+        for variable in self.generator.trainable_variables:
+            averages[optimizer._get_variable_index(variable)].assign(variable)
+
     def ema_generator(self) -> keras.Model:
         """A copy of the generator holding the optimizer's exponential moving average."""
-        ema = Generator.from_config(self.generator.get_config())
+        ema = type(self.generator).from_config(self.generator.get_config())
         ema([tf.zeros([1, self.generator.embedding_dim]),
              tf.zeros([1, self.generator.noise_dim])])
         optimizer = self.g_optimizer

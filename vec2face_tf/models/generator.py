@@ -323,3 +323,212 @@ class Generator(keras.Model):
             "style_dim": self.style_dim,
             "mapping_layers": self.mapping_layers,
         }
+
+
+@keras.saving.register_keras_serializable(package="vec2face")
+class FiLMConvBlock(keras.layers.Layer):
+    """Optional 2x upsampling, then two (3x3 conv -> batch norm -> FiLM(code) -> LeakyReLU).
+
+    Batch norm carries no scale or shift of its own: FiLM's per-channel ``(1 + scale, shift)``,
+    predicted from the conditioning code, takes their place, so every conv of the decoder is
+    told whose face it draws. Unlike instance normalisation, batch norm keeps each image's own
+    contrast and colour cast, which the regression decoder needs (DESIGN §4, measured facts).
+
+    Args:
+      filters: output channels.
+      upsample: whether to double the spatial size first (bilinear, see ModulatedConvBlock).
+    """
+
+    def __init__(self, filters: int, upsample: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = _check_positive_int("filters", filters)
+        self.upsample = bool(upsample)
+        policy = self.dtype_policy
+        self.upsampling = keras.layers.UpSampling2D(2, interpolation="bilinear", dtype=policy,
+                                                     name="upsampling")
+        initializer = keras.initializers.VarianceScaling(0.1, mode="fan_in")
+        self.convs, self.norms, self.scales, self.shifts = [], [], [], []
+        for index in (1, 2):
+            self.convs.append(keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                                  dtype=policy, name=f"conv_{index}"))
+            self.norms.append(keras.layers.BatchNormalization(
+                center=False, scale=False, synchronized=True, dtype=policy,
+                name=f"norm_{index}"))
+            self.scales.append(keras.layers.Dense(filters, kernel_initializer=initializer,
+                                                  dtype=policy, name=f"film_scale_{index}"))
+            self.shifts.append(keras.layers.Dense(filters, kernel_initializer=initializer,
+                                                  dtype=policy, name=f"film_shift_{index}"))
+
+    def build(self, input_shape):
+        features_shape, code_shape = input_shape
+        features_shape = tuple(features_shape)
+        self.upsampling.build(features_shape)
+        if self.upsample:
+            features_shape = self.upsampling.compute_output_shape(features_shape)
+        for conv, norm, scale, shift in zip(self.convs, self.norms, self.scales, self.shifts):
+            conv.build(features_shape)
+            features_shape = conv.compute_output_shape(features_shape)
+            norm.build(features_shape)
+            scale.build(code_shape)
+            shift.build(code_shape)
+
+    def call(self, inputs, training=False):
+        features, code = inputs
+        if self.upsample:
+            features = self.upsampling(features)
+        for conv, norm, scale, shift in zip(self.convs, self.norms, self.scales, self.shifts):
+            features = norm(conv(features), training=training)
+            features = (1.0 + scale(code)[:, None, None, :]) * features + shift(code)[
+                :, None, None, :]
+            features = ops.leaky_relu(features, _LEAK)
+        return features
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape[0]
+        factor = 2 if self.upsample else 1
+        scaled = [None if size is None else size * factor for size in (height, width)]
+        return (batch, *scaled, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "upsample": self.upsample}
+
+
+@keras.saving.register_keras_serializable(package="vec2face")
+class FiLMGenerator(keras.Model):
+    """``G(x, n)`` as a FiLM-conditioned decoder (``generator.kind=film``, the default).
+
+    The template is centred by the training mean and scaled to norm sqrt(D), as in
+    ``Generator``; a ``mapping_layers`` x ``style_dim`` MLP turns it into the conditioning
+    code; a dense layer projects the code to the start map; each stage upsamples and applies
+    two FiLM-modulated convs (``FiLMConvBlock``); a tanh 1x1 conv gives RGB. This is the
+    network that carried identity an independent engine sees after a 50-minute regression
+    (DESIGN §4). The noise enters the code through its own zero-initialised projection, so a
+    model trained on regression alone ignores it, and the critic's phase can learn to use it.
+
+    Args:
+      resolution: output side, ``start_resolution * 2**k``.
+      embedding_dim: D.
+      noise_dim: Z (0 for none).
+      base_channels: channels of the start map; each stage halves them.
+      min_channels: the floor of the halving.
+      start_resolution: side of the start map (a power of two).
+      style_dim: width of the conditioning MLP.
+      mapping_layers: its depth.
+    """
+
+    def __init__(self, resolution: int = 64, embedding_dim: int = 128, noise_dim: int = 64,
+                 base_channels: int = 512, min_channels: int = 32, start_resolution: int = 4,
+                 style_dim: int = 512, mapping_layers: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.resolution = _check_positive_int("resolution", resolution)
+        self.embedding_dim = _check_positive_int("embedding_dim", embedding_dim)
+        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 0:
+            raise ValueError(f"noise_dim must be a non-negative integer, got {noise_dim!r}")
+        self.noise_dim = noise_dim
+        self.base_channels = _check_positive_int("base_channels", base_channels)
+        self.min_channels = _check_positive_int("min_channels", min_channels)
+        self.start_resolution = _check_positive_int("start_resolution", start_resolution)
+        self.style_dim = _check_positive_int("style_dim", style_dim)
+        self.mapping_layers = _check_positive_int("mapping_layers", mapping_layers)
+        if not _is_power_of_two(start_resolution):
+            raise ValueError(f"start_resolution must be a power of two, got {start_resolution}")
+        if resolution <= start_resolution or not _is_power_of_two(resolution):
+            raise ValueError(f"resolution must be a power of two > start_resolution "
+                             f"({start_resolution}), got {resolution}")
+        stages = int(math.log2(resolution // start_resolution))
+        self.rgb_scales = 1
+        policy = self.dtype_policy
+        self.embedding_normalization = CenteredUnitNormalization(
+            dtype="float32", name="embedding_normalization")
+        self.mapping = [keras.layers.Dense(style_dim, dtype=policy, name=f"mapping_{index}")
+                        for index in range(mapping_layers)]
+        self.noise_projection = keras.layers.Dense(
+            style_dim, use_bias=False, kernel_initializer="zeros", dtype=policy,
+            name="noise_projection")
+        self.block_channels = [max(base_channels // 2 ** (index + 1), min_channels)
+                               for index in range(stages)]
+        self.start_projection = keras.layers.Dense(
+            start_resolution * start_resolution * base_channels, dtype=policy,
+            name="start_projection")
+        self.blocks = [FiLMConvBlock(channels, dtype=policy, name=f"block_{index}")
+                       for index, channels in enumerate(self.block_channels)]
+        self.to_rgb = keras.layers.Conv2D(
+            3, 1, kernel_initializer=keras.initializers.VarianceScaling(0.25, mode="fan_in"),
+            dtype="float32", name="to_rgb")
+
+    @property
+    def output_resolutions(self) -> list[int]:
+        return [self.resolution]
+
+    def build(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
+                input_shape[0], (list, tuple)):
+            embedding_shape, noise_shape = tuple(input_shape[0]), tuple(input_shape[1])
+        else:
+            embedding_shape, noise_shape = tuple(input_shape), None
+        if len(embedding_shape) != 2 or embedding_shape[-1] != self.embedding_dim:
+            raise ValueError(f"embedding must have shape [batch, {self.embedding_dim}], got "
+                             f"{embedding_shape}")
+        if noise_shape is not None and (len(noise_shape) != 2
+                                        or noise_shape[-1] != self.noise_dim):
+            raise ValueError(f"noise must have shape [batch, {self.noise_dim}], got "
+                             f"{noise_shape}")
+        batch = embedding_shape[0]
+        self.embedding_normalization.build(embedding_shape)
+        shape = (batch, self.embedding_dim)
+        for dense in self.mapping:
+            dense.build(shape)
+            shape = (batch, self.style_dim)
+        self.noise_projection.build((batch, self.noise_dim))
+        self.start_projection.build(shape)
+        features_shape = (batch, self.start_resolution, self.start_resolution,
+                          self.base_channels)
+        for block in self.blocks:
+            block.build([features_shape, shape])
+            features_shape = block.compute_output_shape([features_shape, shape])
+        self.to_rgb.build(features_shape)
+        self.built = True
+
+    def style_code(self, embedding, noise=None):
+        """The conditioning code float[B, style_dim] of (embedding, noise); noise None = 0."""
+        code = self.embedding_normalization(ops.cast(embedding, "float32")) * math.sqrt(
+            self.embedding_dim)
+        for index, dense in enumerate(self.mapping):
+            code = dense(code)
+            if index == 0 and noise is not None and self.noise_dim:
+                code = code + self.noise_projection(ops.cast(noise, self.compute_dtype))
+            code = ops.leaky_relu(code, _LEAK)
+        return code
+
+    def call(self, inputs, training=False, return_all_scales=False):
+        """Generates faces; see ``Generator.call`` (one output scale here)."""
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(f"FiLMGenerator expects [embedding, noise], got {len(inputs)} "
+                                 "inputs")
+            embedding, noise = inputs
+        else:
+            embedding, noise = inputs, None
+        code = self.style_code(embedding, noise)
+        features = ops.reshape(
+            self.start_projection(code),
+            (-1, self.start_resolution, self.start_resolution, self.base_channels))
+        for block in self.blocks:
+            features = block([features, code], training=training)
+        image = ops.tanh(self.to_rgb(ops.cast(features, "float32")))
+        if return_all_scales:
+            return image, [image]
+        return image
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "resolution": self.resolution,
+            "embedding_dim": self.embedding_dim,
+            "noise_dim": self.noise_dim,
+            "base_channels": self.base_channels,
+            "min_channels": self.min_channels,
+            "start_resolution": self.start_resolution,
+            "style_dim": self.style_dim,
+            "mapping_layers": self.mapping_layers,
+        }

@@ -334,18 +334,34 @@ class ImageStudent(keras.Model):
         Returns:
           float32[B, embedding_dim], each row of unit L2 norm.
         """
+        return self.embed_with_features(images, training=training)[0]
+
+    def embed_with_features(self, images, training=False):
+        """The vectors of faces and the feature maps a perceptual loss compares.
+
+        Args:
+          images: float[B, R, R, 3] aligned faces in [-1, 1].
+          training: as in ``call``.
+
+        Returns:
+          (float32[B, embedding_dim] unit rows, [the stem's output, then the output of every
+          second residual block]): maps from fine to coarse.
+        """
         shape = tuple(images.shape)
         if len(shape) != 4 or shape[1:] != (self.resolution, self.resolution, 3):
             raise ValueError(f"ImageStudent expects faces [batch, {self.resolution}, "
                              f"{self.resolution}, 3], got {shape}")
         features = ops.cast(images, self.compute_dtype)
         features = ops.relu(self.stem_norm(self.stem(features), training=training))
-        for block in self.stages:
+        maps = [features]
+        for index, block in enumerate(self.stages):
             features = block(features, training=training)
+            if index % 2 == 1:
+                maps.append(features)
         features = self.head_norm(self.global_depthwise(features), training=training)
         features = ops.reshape(features, (-1, features.shape[-1]))
         features = self.dropout_layer(features, training=training)
-        return self.output_normalization(self.output_projection(features))
+        return self.output_normalization(self.output_projection(features)), maps
 
     def get_config(self):
         return {**super().get_config(), "resolution": self.resolution,

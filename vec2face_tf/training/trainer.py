@@ -73,6 +73,10 @@ def validate_config(config: config_lib.Config) -> None:
     if config.student.kind not in dibigan.STUDENT_KINDS:
         raise TrainingError(f"student.kind={config.student.kind!r}; choose one of "
                             f"{dibigan.STUDENT_KINDS}")
+    if config.student.kind != "image" and config.losses.perceptual_weight > 0:
+        raise TrainingError("losses.perceptual_weight > 0 compares the image student's "
+                            f"feature maps; with student.kind={config.student.kind!r} set "
+                            "losses.perceptual_weight=0")
     if config.student.kind == "image":
         stages = len(config.student.blocks)
         if resolution % 2 ** stages:
@@ -85,6 +89,13 @@ def validate_config(config: config_lib.Config) -> None:
         if every < 1 or getattr(config.train, name) % every:
             raise TrainingError(f"train.{name}={getattr(config.train, name)} must be a multiple "
                                 f"of train.checkpoint_every={every} (one epoch per checkpoint)")
+    if config.generator.kind not in dibigan.GENERATOR_KINDS:
+        raise TrainingError(f"generator.kind={config.generator.kind!r}; choose one of "
+                            f"{dibigan.GENERATOR_KINDS}")
+    if config.schedule.kind == "two_phase" and (
+            config.schedule.regression_steps < 0 or config.schedule.regression_steps % every):
+        raise TrainingError(f"schedule.regression_steps={config.schedule.regression_steps} "
+                            f"must be a non-negative multiple of train.checkpoint_every={every}")
     if config.train.precision not in dibigan.PRECISIONS:
         raise TrainingError(f"train.precision={config.train.precision!r}; choose one of "
                             f"{dibigan.PRECISIONS}")
@@ -114,7 +125,8 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
           strategy_name: str = "default", workers: int = 2,
           max_images: int = 0, verbose: int | str = "auto",
           extra_data: typing.Sequence[str] = (), extra_cache_dir: str | None = None,
-          stage: str = "all") -> TrainResult:
+          stage: str = "all", init_from: str | None = None,
+          student_from: str | None = None) -> TrainResult:
     """Trains DiBiGAN end to end and leaves checkpoints and logs in ``model_dir``.
 
     Args:
@@ -130,6 +142,12 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
         only the image student distils from (never the GAN: it needs identity pairs).
       extra_cache_dir: their cache (default ``<model_dir>/cache-extra``).
       stage: ``"all"``, or ``"student"`` to run the student stage alone and stop.
+      init_from: an exported generator (a SavedModel version folder, e.g. the bundled
+        demo's) whose weights G and its EMA start from; it must have this run's
+        architecture. Ignored when the run resumes from a checkpoint of its own.
+      student_from: an exported image student whose weights the student starts from; the
+        student stage is then skipped. Its training identities must not include any of
+        this run's held-out identities.
 
     Raises:
       TrainingError: for flags that cannot work (before any expensive work).
@@ -138,23 +156,35 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
     validate_config(config)
     if stage not in STAGES:
         raise TrainingError(f"stage={stage!r}; choose one of {STAGES}")
+    if student_from and config.student.kind != "image":
+        raise TrainingError("--student_from loads an image student; this run has "
+                            f"student.kind={config.student.kind!r}")
+    if student_from and stage == "student":
+        raise TrainingError("--student_from skips the student stage, so --stage=student "
+                            "would do nothing")
     if stage == "student" and config.student.kind != "image":
         raise TrainingError("--stage=student distils the image student; this run has "
                             f"student.kind={config.student.kind!r}, whose head trains with "
                             "the flow in stage 1")
+    for flag, folder in (("--init_from", init_from), ("--student_from", student_from)):
+        if folder and not pathlib.Path(folder).is_dir():
+            raise TrainingError(f"{flag}={folder} is not a folder (give an export's version "
+                                "folder, e.g. vec2face_tf/demo/model)")
     source = sources.open_source(data)  # raises for a missing or empty folder
     extra_sources = [sources.open_source(spec) for spec in extra_data]
     with exclusive_lock(model_path / LOCK_FILE, lambda holder: TrainingError(
             f"{model_path} is in use by another training run ({holder}); wait for it to "
             "finish or use another --model_dir")):
         return _train_locked(config, source, model_path, cache_dir, strategy_name, workers,
-                             max_images, verbose, extra_sources, extra_cache_dir, stage)
+                             max_images, verbose, extra_sources, extra_cache_dir, stage,
+                             init_from, student_from)
 
 
 def _train_locked(config: config_lib.Config, source: sources.FaceSource,
                   model_path: pathlib.Path, cache_dir: str | None, strategy_name: str,
                   workers: int, max_images: int, verbose: int | str,
-                  extra_sources: list, extra_cache_dir: str | None, stage: str
+                  extra_sources: list, extra_cache_dir: str | None, stage: str,
+                  init_from: str | None = None, student_from: str | None = None
                   ) -> TrainResult:
     check_model_dir(model_path, config)
     engine = get_engine(config.engine)
@@ -168,7 +198,8 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
         "engine": engine.name, "embedding_dim": engine.dim,
         "cache_dir": str(cache_path.resolve())}, indent=1))
     image_student = config.student.kind == "image"
-    views = config.student.views if image_student else 0
+    # A loaded student needs no views: they only serve its distillation.
+    views = config.student.views if image_student and not student_from else 0
     stats = prepare.prepare(source, config.engine, cache_path, crop=config.crop,
                             workers=workers, max_images=max_images, views=views)
     logging.info("prepared faces: %s", stats)
@@ -234,6 +265,11 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
                                               ema_momentum=config.train.ema_momentum))
         gan.build_optimizers()
         refresh.build(parts.student)
+        if student_from:
+            load_student_weights(parts.student, student_from, held_out)
+        if init_from:
+            load_generator_weights(parts.generator, init_from)
+            gan.reset_ema()
 
     optimizers = dict(stage1_optimizer=stage1.optimizer, d_optimizer=gan.d_optimizer,
                       g_optimizer=gan.g_optimizer)
@@ -266,6 +302,9 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     stage1_offset = config.train.student_steps if image_student else 0
     stage2_offset = stage1_offset + config.train.stage1_steps + 1
     student_history: dict = {}
+    if student_from and not (model_path / config_lib.STUDENT_DONE_FILE).exists():
+        (model_path / config_lib.STUDENT_DONE_FILE).write_text(
+            f"student loaded from {student_from}\n")
     if image_student and not (model_path / config_lib.STUDENT_DONE_FILE).exists():
         student_history = run_student_stage(
             config, distiller, strategy, manager, model_path, cache_path,
@@ -294,16 +333,89 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     checkpointer = CheckpointEvery(manager, gan.g_optimizer.iterations,
                                    config.train.checkpoint_every, offset=stage2_offset)
 
-    stage2_history = fit_stage(
+    stage2_callbacks = [refresh, grids, checkpointer,
+                        keras.callbacks.TensorBoard(str(model_path / "logs" / "stage2"))]
+    regression_steps = regression_phase_steps(config)
+    stage2_history: dict = {}
+    if int(gan.g_optimizer.iterations.numpy()) < regression_steps:
+        crops, vectors, counts = distillation_faces(
+            held_out, cache_path, extra_path if extra_sources else None, config, engine.name)
+        logging.info("regression phase: %d faces (%s)", len(crops), counts)
+        start = int(gan.g_optimizer.iterations.numpy())
+        regression_data = strategy.distribute_datasets_from_function(
+            lambda context: pipeline.make_distillation_dataset(
+                crops, vectors, global_batch, seed=config.data.seed, start_step=start,
+                input_context=context))
+        stage2_history = fit_stage(gan, regression_data, gan.g_optimizer.iterations,
+                                   regression_steps, every, verbose, callbacks=stage2_callbacks)
+        # The critic's step reads P x K batches of another structure: trace it anew.
+        gan.train_function = None
+    critic_history = fit_stage(
         gan, dataset_from(gan.g_optimizer.iterations), gan.g_optimizer.iterations,
-        config.train.stage2_steps, every, verbose, callbacks=[
-            refresh, grids, checkpointer,
-            keras.callbacks.TensorBoard(str(model_path / "logs" / "stage2"))])
+        config.train.stage2_steps, every, verbose, callbacks=stage2_callbacks)
+    for name, values in critic_history.items():
+        stage2_history[name] = stage2_history.get(name, []) + values
     save_checkpoint(manager, stage2_offset + int(gan.g_optimizer.iterations.numpy()))
     engine.close()
     return TrainResult(model_path, stage1_history, stage2_history,
                        engine_queries=refresh.queries + grids.queries,
                        student_history=student_history)
+
+
+def regression_phase_steps(config: config_lib.Config) -> int:
+    """GAN steps of critic-free regression before the critic (schedule kind two_phase)."""
+    if config.schedule.kind != "two_phase":
+        return 0
+    return min(config.schedule.regression_steps, config.train.stage2_steps)
+
+
+def load_student_weights(student: keras.Model, student_from: str,
+                         held_out: pipeline.Faces) -> None:
+    """Sets the student's weights to an exported student's, refusing one that saw a probe.
+
+    Raises:
+      TrainingError: for a folder that is not a student export of this architecture, or a
+        student whose training identities include this run's held-out identities (its
+        perceptual and identity terms would have seen the people the run is measured on).
+    """
+    from vec2face_tf.export import savedmodel
+
+    try:
+        metadata = savedmodel.read_metadata(student_from)
+        if metadata.get("format") != "vec2face_tf student":
+            raise TrainingError(f"--student_from={student_from} is not a vec2face_tf student "
+                                "export")
+        savedmodel.restore_exported_weights(student, student_from)
+    except (savedmodel.ExportError, OSError) as error:
+        raise TrainingError(f"--student_from={student_from}: {error}") from None
+    seen = set(metadata.get("train_identities") or [])
+    overlap = sorted(seen & set(held_out.identity_names.tolist()))
+    if overlap:
+        raise TrainingError(
+            f"--student_from={student_from} was trained on {len(overlap)} of this run's "
+            f"held-out identities (e.g. {overlap[:3]}); use the same data.seed and "
+            "data.holdout_identities as its run, or distil a new student")
+    logging.info("student weights from %s", student_from)
+
+
+def load_generator_weights(generator: keras.Model, init_from: str) -> None:
+    """Sets G's weights to those of an exported generator of the same architecture.
+
+    Raises:
+      TrainingError: for a folder that is not a generator export, or another architecture.
+    """
+    from vec2face_tf.export import savedmodel
+
+    try:
+        metadata = savedmodel.read_metadata(init_from)
+        if metadata.get("format") != "vec2face_tf generator":
+            raise TrainingError(f"--init_from={init_from} is not a vec2face_tf generator "
+                                "export")
+        savedmodel.restore_exported_weights(generator, init_from)
+    except (savedmodel.ExportError, OSError) as error:
+        raise TrainingError(f"--init_from={init_from}: {error}; its generator section must "
+                            "match this run's config") from None
+    logging.info("generator weights from %s", init_from)
 
 
 def student_optimizer(config: config_lib.Config) -> keras.optimizers.Optimizer:
