@@ -143,6 +143,11 @@ class TrainConfig:
     max_engine_queries: int = 200_000
     checkpoint_every: int = 500
     log_every: int = 50
+    # The held-out curve (training.callbacks.HeldOutMonitor): the EMA generator's SAR and
+    # realism on one photo of each of monitor_faces held-out identities, every N GAN steps
+    # (0: off). It queries the engine, but no loss sees the answers.
+    monitor_every: int = 500
+    monitor_faces: int = 150
     seed: int = 0  # Initial weights and the refresh's draws; data sampling uses data.seed.
     # "mixed_bfloat16" computes G, D and the student in bfloat16 (the flow stays float32):
     # 1.40x per stage-2 step on this AMX CPU (benchmarks/NOTES.md), quality not yet compared.
@@ -187,7 +192,7 @@ def _smoke_adain() -> Config:
         schedule=ScheduleConfig(tau=5.0),
         train=TrainConfig(student_steps=4, stage1_steps=4, stage2_steps=4, refresh_every=2,
                           replay_buffer_size=32, max_engine_queries=256,
-                          checkpoint_every=2, log_every=1),
+                          checkpoint_every=2, log_every=1, monitor_every=2, monitor_faces=4),
     )
 
 

@@ -147,6 +147,15 @@ def test_smoke_trains_end_to_end_and_resumes(small_faces, dlib, tmp_path):
         assert report[attack]["mean_cosine"] == pytest.approx(scores.mean(), abs=1e-4), attack
         assert report[attack]["sar_type1@0.01"] == pytest.approx(np.mean(scores > threshold),
                                                                  abs=1e-9), attack
+    # The held-out curve logged each GAN step pair and at the end of both runs; its last
+    # point is the final EMA generator on the first photo of each held-out identity.
+    curve = [json.loads(line) for line in
+             (model_dir / "logs" / "stage2" / "held_out.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in curve] == [0, 2, 4, 6]
+    assert [entry["minutes"] for entry in curve] == sorted(entry["minutes"] for entry in curve)
+    first = np.flatnonzero(np.r_[True, probes.labels[1:] != probes.labels[:-1]])
+    assert curve[-1]["mean_cosine"] == pytest.approx(cosines[first].mean(), abs=1e-4)
+    assert curve[-1]["sharpness_ratio"] > 0 and curve[-1]["contrast_ratio"] > 0
     # A random training face is never closer than the nearest one.
     assert report["random_training_face"]["mean_cosine"] < nearest.mean()
     assert (model_dir / "eval" / "grid.png").read_bytes().startswith(b"\x89PNG")

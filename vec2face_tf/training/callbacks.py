@@ -274,34 +274,25 @@ class ImageGridLogger(keras.callbacks.Callback):
         return grid
 
 
-class StudentAgreementLogger(keras.callbacks.Callback):
-    """Measures how well the student agrees with the engine, on held-out and training faces.
+class MinutesLogger(keras.callbacks.Callback):
+    """A measurement every ``every`` steps (and at the start and end), one JSON line each.
 
-    Every ``every`` steps (and at the end) it embeds fixed held-out faces (identities the
-    student never trains on) and a fixed sample of training faces, and logs the mean raw and
-    centred cosine with the engine's cached vectors: to TensorBoard, to the fit logs, and as
-    one JSON line per measurement in ``<log_dir>/agreement.jsonl`` with the minutes of
-    training so far. A resumed run keeps the lines up to its restored step and adds its
-    minutes to theirs, so the file is one curve against training time.
+    Each line of ``<log_dir>/<file_name>`` holds the step, the minutes of training so far and
+    what ``values(step)`` measured. A resumed run keeps the lines up to its restored step and
+    adds its minutes to theirs, so the file is one curve against training time across runs.
+    Subclasses give ``file_name``, ``_step()`` and ``values(step)``.
 
     Args:
-      held_out: (uint8[N, R, R, 3] faces, float32[N, D] engine vectors).
-      train: the same for training faces.
-      center: the mean engine vector of the training photos.
-      log_dir: folder of the TensorBoard events and agreement.jsonl.
+      log_dir: folder of the TensorBoard events and the JSON lines.
       every: period in steps.
-      batch_size: faces per student call.
     """
 
-    def __init__(self, held_out: tuple[np.ndarray, np.ndarray],
-                 train: tuple[np.ndarray, np.ndarray], center: np.ndarray, log_dir: str,
-                 every: int, batch_size: int = 256):
+    file_name = "measurements.jsonl"
+
+    def __init__(self, log_dir: str, every: int):
         super().__init__()
-        self.sets = {"held_out": held_out, "train": train}
-        self.center = np.asarray(center, np.float32)
         self.log_dir = pathlib.Path(log_dir)
         self.every = max(1, every)
-        self.batch_size = batch_size
         self.writer = tf.summary.create_file_writer(str(self.log_dir))
         self.history: list[dict] = []
         self._minutes_before = 0.0
@@ -310,10 +301,14 @@ class StudentAgreementLogger(keras.callbacks.Callback):
 
     @property
     def path(self) -> pathlib.Path:
-        return self.log_dir / "agreement.jsonl"
+        return self.log_dir / self.file_name
 
     def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        raise NotImplementedError
+
+    def values(self, step: int) -> dict:
+        """The measurement at ``step`` (numbers only); may write TensorBoard summaries."""
+        raise NotImplementedError
 
     def on_train_begin(self, logs=None):
         step = self._step()
@@ -334,12 +329,60 @@ class StudentAgreementLogger(keras.callbacks.Callback):
         if step % self.every == 0:
             self.measure(step)
 
+    def on_train_end(self, logs=None):
+        self.measure(self._step())
+
+    def measure(self, step: int) -> dict:
+        """Measures and logs at ``step`` (once per step)."""
+        if step == self._last_step or (self.history and self.history[-1]["step"] == step):
+            return self.history[-1]
+        self._last_step = step
+        # The measurement's own time is not training time.
+        minutes = self._minutes_before + (time.perf_counter() - self._started) / 60.0
+        measuring = time.perf_counter()
+        with self.writer.as_default():
+            entry = {"step": step, "minutes": round(minutes, 3), **self.values(step)}
+        self.writer.flush()
+        self._started += time.perf_counter() - measuring
+        self.history.append(entry)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return entry
+
+
+class StudentAgreementLogger(MinutesLogger):
+    """Measures how well the student agrees with the engine, on held-out and training faces.
+
+    Every ``every`` steps (and at the end) it embeds fixed held-out faces (identities the
+    student never trains on) and a fixed sample of training faces, and logs the mean raw and
+    centred cosine with the engine's cached vectors: to TensorBoard, to the fit logs, and as
+    one JSON line per measurement in ``<log_dir>/agreement.jsonl`` (``MinutesLogger``).
+
+    Args:
+      held_out: (uint8[N, R, R, 3] faces, float32[N, D] engine vectors).
+      train: the same for training faces.
+      center: the mean engine vector of the training photos.
+      log_dir: folder of the TensorBoard events and agreement.jsonl.
+      every: period in steps.
+      batch_size: faces per student call.
+    """
+
+    file_name = "agreement.jsonl"
+
+    def __init__(self, held_out: tuple[np.ndarray, np.ndarray],
+                 train: tuple[np.ndarray, np.ndarray], center: np.ndarray, log_dir: str,
+                 every: int, batch_size: int = 256):
+        super().__init__(log_dir, every)
+        self.sets = {"held_out": held_out, "train": train}
+        self.center = np.asarray(center, np.float32)
+        self.batch_size = batch_size
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
             logs["held_out_centred_cosine"] = self.history[-1]["held_out_centred"]
-
-    def on_train_end(self, logs=None):
-        self.measure(self._step())
 
     def agreement(self, images: np.ndarray, vectors: np.ndarray) -> tuple[float, float]:
         """(mean raw cosine, mean centred cosine) of the student with ``vectors``."""
@@ -350,21 +393,63 @@ class StudentAgreementLogger(keras.callbacks.Callback):
         measured = student_evaluation.agreement(predicted, vectors, self.center)
         return measured["raw_cosine"], measured["centred_cosine"]
 
-    def measure(self, step: int) -> dict:
-        """Measures and logs the agreement at ``step`` (once per step)."""
-        if step == self._last_step:
-            return self.history[-1]
-        self._last_step = step
-        minutes = self._minutes_before + (time.perf_counter() - self._started) / 60.0
-        entry = {"step": step, "minutes": round(minutes, 3)}
-        with self.writer.as_default():
-            for name, (images, vectors) in self.sets.items():
-                raw, centred = self.agreement(images, vectors)
-                entry[f"{name}_raw"], entry[f"{name}_centred"] = raw, centred
-                tf.summary.scalar(f"agreement/{name}_centred_cosine", centred, step=step)
-                tf.summary.scalar(f"agreement/{name}_raw_cosine", raw, step=step)
-        self.writer.flush()
-        self.history.append(entry)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+    def values(self, step: int) -> dict:
+        entry = {}
+        for name, (images, vectors) in self.sets.items():
+            raw, centred = self.agreement(images, vectors)
+            entry[f"{name}_raw"], entry[f"{name}_centred"] = raw, centred
+            tf.summary.scalar(f"agreement/{name}_centred_cosine", centred, step=step)
+            tf.summary.scalar(f"agreement/{name}_raw_cosine", raw, step=step)
+        return entry
+
+
+class HeldOutMonitor(MinutesLogger):
+    """The exported generator's (the EMA's) held-out success and realism during training.
+
+    Every ``every`` GAN steps it draws the EMA generator's face (noise 0) for the template of
+    each fixed held-out photo, has the engine embed it, and logs SAR type I at each FMR
+    threshold, the mean cosine, and the sharpness and contrast ratios against the real crops
+    (``evaluation.realism``), to TensorBoard and to ``<log_dir>/held_out.jsonl``
+    (``MinutesLogger``): the curve of what the run would export against minutes of training.
+    Its engine queries only measure; they never reach a loss.
+
+    Args:
+      engine: the blackbox engine.
+      images: uint8[N, R, R, 3] held-out crops at the training resolution.
+      embeddings: float32[N, D] their engine vectors.
+      thresholds: {fmr: cosine threshold}.
+      log_dir: folder of the TensorBoard events and held_out.jsonl.
+      every: period in steps.
+    """
+
+    file_name = "held_out.jsonl"
+
+    def __init__(self, engine: Engine, images: np.ndarray, embeddings: np.ndarray,
+                 thresholds: dict, log_dir: str, every: int):
+        super().__init__(log_dir, every)
+        self.engine = engine
+        self.images = images
+        self.embeddings = np.asarray(embeddings, np.float32)
+        self.thresholds = dict(thresholds)
+        self.queries = 0
+
+    def _step(self) -> int:
+        return int(self.model.g_optimizer.iterations.numpy())
+
+    def values(self, step: int) -> dict:
+        from vec2face_tf.evaluation import realism
+
+        generator = self.model.ema_generator()
+        noise = np.zeros((len(self.embeddings), generator.noise_dim), np.float32)
+        generated = to_uint8(generator([self.embeddings, noise], training=False))
+        vectors = self.engine.embed(generated)
+        self.queries += len(generated)
+        cosines = np.sum(vectors * self.embeddings, axis=1)
+        entry = {"mean_cosine": float(cosines.mean()),
+                 "sharpness_ratio": realism.sharpness_ratio(generated, self.images),
+                 "contrast_ratio": realism.contrast_ratio(generated, self.images)}
+        for fmr, threshold in self.thresholds.items():
+            entry[f"sar_type1@{fmr}"] = float(np.mean(cosines > threshold))
+        for name, value in entry.items():
+            tf.summary.scalar(f"held_out/{name}", value, step=step)
         return entry

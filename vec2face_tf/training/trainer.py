@@ -335,6 +335,9 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
 
     stage2_callbacks = [refresh, grids, checkpointer,
                         keras.callbacks.TensorBoard(str(model_path / "logs" / "stage2"))]
+    if config.train.monitor_every > 0:
+        stage2_callbacks.append(held_out_monitor(config, engine, cache_path, held_out,
+                                                 model_path / "logs" / "stage2"))
     regression_steps = regression_phase_steps(config)
     stage2_history: dict = {}
     if int(gan.g_optimizer.iterations.numpy()) < regression_steps:
@@ -360,6 +363,22 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     return TrainResult(model_path, stage1_history, stage2_history,
                        engine_queries=refresh.queries + grids.queries,
                        student_history=student_history)
+
+
+def held_out_monitor(config: config_lib.Config, engine, cache_path: pathlib.Path,
+                     held_out: pipeline.Faces, log_dir: pathlib.Path
+                     ) -> callbacks_lib.HeldOutMonitor:
+    """The held-out curve of the run: one photo of each of ``train.monitor_faces`` held-out
+    identities, scored at the thresholds of every real face of the run's cache."""
+    from vec2face_tf.evaluation import thresholds
+
+    first_photos = np.flatnonzero(np.r_[True, held_out.labels[1:] != held_out.labels[:-1]])
+    rows = first_photos[:config.train.monitor_faces]
+    measured = thresholds.cache_thresholds(cache_path, engine.name, config.crop)["fmr"]
+    return callbacks_lib.HeldOutMonitor(
+        engine, held_out.crops[rows], held_out.embeddings[rows],
+        {fmr: entry["cosine"] for fmr, entry in measured.items()}, log_dir=str(log_dir),
+        every=config.train.monitor_every)
 
 
 def regression_phase_steps(config: config_lib.Config) -> int:
