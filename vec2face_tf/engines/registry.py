@@ -15,6 +15,7 @@ _FACTORIES: dict[str, str | Callable[..., Engine]] = {
     "deepface": "vec2face_tf.engines.deepface_engine:make_engine",
     "savedmodel": "vec2face_tf.engines.savedmodel_engine:make_engine",
     "onnx": "vec2face_tf.engines.onnx_engine:make_engine",
+    "sface": "vec2face_tf.engines.sface_engine:make_engine",
 }
 
 
@@ -41,7 +42,7 @@ def get_engine(spec: str, **options: Any) -> Engine:
     """Builds an engine from its spec.
 
     Args:
-      spec: ``"dlib"``, ``"deepface:<ModelName>"``, ``"savedmodel:<dir>"`` or
+      spec: ``"dlib"``, ``"sface"``, ``"deepface:<ModelName>"``, ``"savedmodel:<dir>"`` or
         ``"onnx:<file>"``, or a kind added with ``register_engine``.
       **options: engine-specific options (e.g. ``input_size``, ``normalization``, ``timeout``).
 
