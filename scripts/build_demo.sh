@@ -56,8 +56,11 @@ trap 'rm -rf "$work"' EXIT
 
 "$bin/vec2face-export" --model_dir="$model_dir" --export_base="$work/exports" \
   --model_name=demo --format=savedmodel
+# Transfer: the same faces scored by SFace, an engine the model never trained against, at its
+# own thresholds on the same photos (TARGET_ENGINE= for none).
+target=${TARGET_ENGINE-sface}
 "$bin/vec2face-eval" --model="$work/exports/demo/1" --data="$data" --cache_dir="$cache_dir" \
-  --out="$work/eval"
+  --out="$work/eval" ${target:+--target_engine="$target"}
 
 rm -rf "$demo/model"
 cp -r "$work/exports/demo/1" "$demo/model"

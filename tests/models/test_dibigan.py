@@ -49,7 +49,8 @@ def trained():
                                         global_batch_size=batch)
     stage1.compile(optimizer=keras.optimizers.Adam(1e-3))
     history1 = stage1.fit(dataset, epochs=1, verbose=0).history
-    gan = dibigan.DiBiGAN(parts, config, center=center, global_batch_size=batch)
+    gan = dibigan.DiBiGAN(parts, config, center=center, global_batch_size=batch,
+                          calibration_embeddings=vectors)
     gan.compile(d_optimizer=keras.optimizers.Adam(2e-4),
                 g_optimizer=keras.optimizers.Adam(2e-4, use_ema=True, ema_momentum=0.5))
     gan.build_optimizers()

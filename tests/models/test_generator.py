@@ -11,6 +11,7 @@ from vec2face_tf.models.generator import (
     FiLMGenerator,
     Generator,
     ModulatedConvBlock,
+    recalibrate_batch_norm,
 )
 
 EMBEDDING_DIM = 16
@@ -351,3 +352,28 @@ def test_film_converts_to_tflite_with_builtin_ops_only(film_generator, tmp_path)
     embedding, _ = _inputs(batch=2)
     np.testing.assert_allclose(runner(embedding=embedding)["image"],
                                film_generator(embedding).numpy(), atol=1e-4)
+
+
+def test_recalibrated_batch_norm_makes_inference_match_training_on_that_batch(film_generator):
+    embeddings, _ = _inputs(batch=8)
+    # One batch: the statistics become exactly that batch's, so an inference pass on the
+    # same inputs normalises as the training pass did.
+    passes = recalibrate_batch_norm(film_generator, embeddings, batch_size=8, seed=4)
+    assert passes == 1
+    # The same draws as recalibrate_batch_norm's: the order, then the noise, from one seed.
+    rng = np.random.default_rng(4)
+    order = rng.permutation(8)
+    drawn = rng.standard_normal((8, NOISE_DIM)).astype(np.float32)
+    inference = film_generator([embeddings[order], drawn], training=False)
+    momenta = [layer.momentum for layer in film_generator._flatten_layers()
+               if isinstance(layer, keras.layers.BatchNormalization)]
+    assert momenta and all(m == pytest.approx(0.99) for m in momenta)  # restored
+    training = film_generator([embeddings[order], drawn], training=True)
+    np.testing.assert_allclose(inference, training, atol=2e-3)
+
+
+def test_recalibration_ignores_a_generator_without_batch_norm(generator):
+    embeddings, _ = _inputs()
+    before = [v.numpy().copy() for v in generator.variables]
+    assert recalibrate_batch_norm(generator, embeddings) == 0
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, generator.variables))

@@ -22,6 +22,7 @@ import json
 import pathlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from vec2face_tf import losses as losses_lib
@@ -29,7 +30,7 @@ from vec2face_tf import schedules as schedules_lib
 from vec2face_tf.config import Config, config_from_dict
 from vec2face_tf.models import flow as flow_lib
 from vec2face_tf.models.discriminator import Discriminator
-from vec2face_tf.models.generator import FiLMGenerator, Generator
+from vec2face_tf.models.generator import FiLMGenerator, Generator, recalibrate_batch_norm
 from vec2face_tf.models.student import ImageStudent, StudentHead
 
 
@@ -44,6 +45,9 @@ class DiBiGANParts:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+# In a training folder: training templates that re-estimate the EMA generator's batch norm.
+CALIBRATION_FILE = "calibration.npy"
+CALIBRATION_TEMPLATES = 1024
 GENERATOR_KINDS = ("film", "adain")
 STUDENT_KINDS = ("image", "flow")
 
@@ -412,8 +416,12 @@ class DiBiGAN(_PrebuiltModel):
     """
 
     def __init__(self, parts: DiBiGANParts, config: Config, center=None,
-                 global_batch_size: int | None = None, **kwargs):
+                 global_batch_size: int | None = None, calibration_embeddings=None, **kwargs):
         super().__init__(**kwargs)
+        # Training templates that re-estimate the EMA copy's batch-norm statistics
+        # (generator.kind=film); not part of the config.
+        self.calibration_embeddings = (None if calibration_embeddings is None
+                                       else np.asarray(calibration_embeddings, np.float32))
         self.flow = parts.flow
         self.student = parts.student
         self.generator = parts.generator
@@ -686,7 +694,14 @@ class DiBiGAN(_PrebuiltModel):
             averages[optimizer._get_variable_index(variable)].assign(variable)
 
     def ema_generator(self) -> keras.Model:
-        """A copy of the generator holding the optimizer's exponential moving average."""
+        """A copy of the generator holding the optimizer's exponential moving average.
+
+        A generator with batch normalisation gets statistics re-estimated for the averaged
+        weights on ``calibration_embeddings`` (``recalibrate_batch_norm``).
+
+        Raises:
+          ValueError: for a batch-normalised generator without calibration templates.
+        """
         ema = type(self.generator).from_config(self.generator.get_config())
         ema([tf.zeros([1, self.generator.embedding_dim]),
              tf.zeros([1, self.generator.noise_dim])])
@@ -697,6 +712,17 @@ class DiBiGAN(_PrebuiltModel):
             if averages and source.trainable:
                 value = averages[optimizer._get_variable_index(source)]
             target.assign(value)
+        has_batch_norm = any(isinstance(layer, keras.layers.BatchNormalization)
+                             for layer in ema._flatten_layers())
+        if has_batch_norm:
+            if self.calibration_embeddings is None:
+                # A folder written before calibration.npy existed: the live statistics are
+                # kept, which the log says (measured worse: see recalibrate_batch_norm).
+                tf.get_logger().warning(
+                    "no calibration templates: the EMA generator keeps the live generator's "
+                    "batch-norm statistics")
+            else:
+                recalibrate_batch_norm(ema, self.calibration_embeddings)
         return ema
 
 
@@ -714,6 +740,8 @@ def load_ema_generator(model_dir: str | pathlib.Path, embedding_dim: int) -> ker
         raise FileNotFoundError(f"no checkpoint in {model_path / 'checkpoints'}")
     status = checkpoint_for(parts, g_optimizer=g_optimizer).restore(latest)
     status.expect_partial().assert_existing_objects_matched()
-    gan = DiBiGAN(parts, config)
+    calibration_file = model_path / CALIBRATION_FILE
+    calibration = np.load(calibration_file) if calibration_file.exists() else None
+    gan = DiBiGAN(parts, config, calibration_embeddings=calibration)
     gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=g_optimizer)
     return gan.ema_generator()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from vec2face_tf.models.centering import CenteredUnitNormalization
@@ -532,3 +533,51 @@ class FiLMGenerator(keras.Model):
             "style_dim": self.style_dim,
             "mapping_layers": self.mapping_layers,
         }
+
+
+def recalibrate_batch_norm(generator: keras.Model, embeddings, batch_size: int = 64,
+                           seed: int = 0) -> int:
+    """Re-estimates the batch-norm statistics of ``generator`` for its current weights.
+
+    An EMA copy averages the weights but not the moving statistics, which the live
+    generator's own batches wrote: with them, the averaged convs see wrongly normalised
+    features (measured on the R1 run at 1,800 steps, 100 held-out templates: mean dlib
+    cosine 0.922 with the live statistics, 0.975 recalibrated; the live generator 0.972).
+    The statistics become the mean, over batches of the given templates with N(0, 1) noise,
+    of each batch's statistics, as training-mode passes measure them. Nothing else changes.
+
+    Args:
+      generator: a generator (any model taking ``[embedding, noise]``).
+      embeddings: float[N, D] templates of training faces.
+      batch_size: templates per pass.
+      seed: seed of the noise and of the order of the templates.
+
+    Returns:
+      The number of passes (0 when the generator has no batch normalisation).
+    """
+    layers = [layer for layer in generator._flatten_layers()
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or not len(embeddings):
+        raise ValueError(f"recalibration needs templates float[N, D], got {embeddings.shape}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(embeddings))
+    batches = [order[start:start + batch_size]
+               for start in range(0, len(order), batch_size)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(ops.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(ops.ones_like(layer.moving_variance))
+    try:
+        for index, rows in enumerate(batches):
+            # moving = m * moving + (1 - m) * batch with m = i / (i + 1): the running mean.
+            for layer in layers:
+                layer.momentum = index / (index + 1.0)
+            noise = rng.standard_normal((len(rows), generator.noise_dim)).astype(np.float32)
+            generator([embeddings[rows], noise], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(batches)

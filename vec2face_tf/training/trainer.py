@@ -254,7 +254,12 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
             global_batch_size=config.student.batch_size)
         distiller.compile(optimizer=student_optimizer(config))
         distiller.optimizer.build(parts.student.trainable_variables)
-        gan = dibigan.DiBiGAN(parts, config, center=center, global_batch_size=global_batch)
+        calibration = train_faces.embeddings[np.random.default_rng(config.data.seed).choice(
+            len(train_faces), size=min(dibigan.CALIBRATION_TEMPLATES, len(train_faces)),
+            replace=False)].astype(np.float32)
+        np.save(model_path / dibigan.CALIBRATION_FILE, calibration)
+        gan = dibigan.DiBiGAN(parts, config, center=center, global_batch_size=global_batch,
+                              calibration_embeddings=calibration)
         gan.compile(
             d_optimizer=keras.optimizers.Adam(config.train.discriminator_lr,
                                               beta_1=config.train.beta_1,
