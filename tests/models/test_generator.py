@@ -215,10 +215,13 @@ def test_adam_steps_change_weights_and_reduce_a_toy_loss(generator):
     assert all(changed)
 
 
-def test_converts_to_tflite_with_builtin_ops_only(generator, tmp_path):
+@pytest.mark.parametrize("kind", ["adain", "film"])
+def test_converts_to_tflite_with_builtin_ops_only(kind, request, tmp_path):
     # Guards the static shapes TFLite needs: a dynamic-shape upsampling made the converter
     # demand Flex (TF Select) kernels for the following Conv2D.
     from ai_edge_litert.interpreter import Interpreter
+
+    generator = request.getfixturevalue({"adain": "generator", "film": "film_generator"}[kind])
 
     archive = keras.export.ExportArchive()
     archive.track(generator)
@@ -335,23 +338,6 @@ def test_film_batch_norm_uses_batch_statistics_only_in_training(film_generator):
     assert any(not np.array_equal(b, v.numpy())
                for b, v in zip(before, film_generator.non_trainable_variables))
 
-
-def test_film_converts_to_tflite_with_builtin_ops_only(film_generator, tmp_path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    archive = keras.export.ExportArchive()
-    archive.track(film_generator)
-    archive.add_endpoint(
-        "serving_default", lambda embedding: {"image": film_generator(embedding)},
-        input_signature=[tf.TensorSpec([None, EMBEDDING_DIM], tf.float32, name="embedding")])
-    archive.write_out(str(tmp_path / "saved_model"), verbose=False)
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved_model"))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    runner = Interpreter(model_content=converter.convert()).get_signature_runner(
-        "serving_default")
-    embedding, _ = _inputs(batch=2)
-    np.testing.assert_allclose(runner(embedding=embedding)["image"],
-                               film_generator(embedding).numpy(), atol=1e-4)
 
 
 def test_recalibrated_batch_norm_makes_inference_match_training_on_that_batch(film_generator):

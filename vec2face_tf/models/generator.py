@@ -30,6 +30,44 @@ def _is_power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
+def _check_noise_dim(noise_dim: object) -> int:
+    if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 0:
+        raise ValueError(f"noise_dim must be a non-negative integer, got {noise_dim!r}")
+    return noise_dim
+
+
+def _split_inputs(inputs, owner: str):
+    """``(embedding, noise)`` of ``[embedding, noise]`` or of a bare embedding (noise None)."""
+    if isinstance(inputs, (list, tuple)):
+        if len(inputs) != 2:
+            raise ValueError(f"{owner} expects [embedding, noise], got {len(inputs)} inputs")
+        return inputs[0], inputs[1]
+    return inputs, None
+
+
+def _checked_input_shapes(input_shape, embedding_dim: int, noise_dim: int):
+    """``(embedding shape, noise shape or None)`` of a generator's ``build`` argument.
+
+    Raises:
+      ValueError: for an embedding that is not [batch, embedding_dim] or noise that is not
+        [batch, noise_dim].
+    """
+    if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
+            input_shape[0], (list, tuple)):
+        embedding_shape, noise_shape = _split_inputs(input_shape, "a generator")
+    else:
+        embedding_shape, noise_shape = input_shape, None
+    embedding_shape = tuple(embedding_shape)
+    if len(embedding_shape) != 2 or embedding_shape[-1] != embedding_dim:
+        raise ValueError(f"embedding must have shape [batch, {embedding_dim}], got "
+                         f"{embedding_shape}")
+    if noise_shape is not None:
+        noise_shape = tuple(noise_shape)
+        if len(noise_shape) != 2 or noise_shape[-1] != noise_dim:
+            raise ValueError(f"noise must have shape [batch, {noise_dim}], got {noise_shape}")
+    return embedding_shape, noise_shape
+
+
 @keras.saving.register_keras_serializable(package="vec2face")
 class AdaptiveInstanceNormalization(keras.layers.Layer):
     """Instance normalisation whose per-channel scale and bias are predicted from a style code.
@@ -164,9 +202,7 @@ class Generator(keras.Model):
         super().__init__(**kwargs)
         self.resolution = _check_positive_int("resolution", resolution)
         self.embedding_dim = _check_positive_int("embedding_dim", embedding_dim)
-        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 0:
-            raise ValueError(f"noise_dim must be a non-negative integer, got {noise_dim!r}")
-        self.noise_dim = noise_dim
+        self.noise_dim = _check_noise_dim(noise_dim)
         self.base_channels = _check_positive_int("base_channels", base_channels)
         self.min_channels = _check_positive_int("min_channels", min_channels)
         self.start_resolution = _check_positive_int("start_resolution", start_resolution)
@@ -213,29 +249,9 @@ class Generator(keras.Model):
         """Sides of the images returned with ``return_all_scales=True``, coarse to fine."""
         return [self.resolution // 2**index for index in reversed(range(self.rgb_scales))]
 
-    def _split_inputs(self, inputs):
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
-                raise ValueError(f"Generator expects [embedding, noise], got {len(inputs)} "
-                                 "inputs")
-            return inputs[0], inputs[1]
-        return inputs, None
-
     def build(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
-                input_shape[0], (list, tuple)):
-            embedding_shape, noise_shape = self._split_inputs(input_shape)
-        else:
-            embedding_shape, noise_shape = input_shape, None
-        embedding_shape = tuple(embedding_shape)
-        if len(embedding_shape) != 2 or embedding_shape[-1] != self.embedding_dim:
-            raise ValueError(f"embedding must have shape [batch, {self.embedding_dim}], got "
-                             f"{embedding_shape}")
-        if noise_shape is not None:
-            noise_shape = tuple(noise_shape)
-            if len(noise_shape) != 2 or noise_shape[-1] != self.noise_dim:
-                raise ValueError(f"noise must have shape [batch, {self.noise_dim}], got "
-                                 f"{noise_shape}")
+        embedding_shape, _ = _checked_input_shapes(input_shape, self.embedding_dim,
+                                                   self.noise_dim)
         batch = embedding_shape[0]
         self.embedding_normalization.build(embedding_shape)
         shape = (batch, self.embedding_dim + self.noise_dim)
@@ -292,7 +308,7 @@ class Generator(keras.Model):
           entry is ``image``.
         """
         del training
-        embedding, noise = self._split_inputs(inputs)
+        embedding, noise = _split_inputs(inputs, type(self).__name__)
         style = self.style_code(embedding, noise)
         features = ops.reshape(
             self.start_projection(style),
@@ -423,9 +439,7 @@ class FiLMGenerator(keras.Model):
         super().__init__(**kwargs)
         self.resolution = _check_positive_int("resolution", resolution)
         self.embedding_dim = _check_positive_int("embedding_dim", embedding_dim)
-        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 0:
-            raise ValueError(f"noise_dim must be a non-negative integer, got {noise_dim!r}")
-        self.noise_dim = noise_dim
+        self.noise_dim = _check_noise_dim(noise_dim)
         self.base_channels = _check_positive_int("base_channels", base_channels)
         self.min_channels = _check_positive_int("min_channels", min_channels)
         self.start_resolution = _check_positive_int("start_resolution", start_resolution)
@@ -462,18 +476,8 @@ class FiLMGenerator(keras.Model):
         return [self.resolution]
 
     def build(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(
-                input_shape[0], (list, tuple)):
-            embedding_shape, noise_shape = tuple(input_shape[0]), tuple(input_shape[1])
-        else:
-            embedding_shape, noise_shape = tuple(input_shape), None
-        if len(embedding_shape) != 2 or embedding_shape[-1] != self.embedding_dim:
-            raise ValueError(f"embedding must have shape [batch, {self.embedding_dim}], got "
-                             f"{embedding_shape}")
-        if noise_shape is not None and (len(noise_shape) != 2
-                                        or noise_shape[-1] != self.noise_dim):
-            raise ValueError(f"noise must have shape [batch, {self.noise_dim}], got "
-                             f"{noise_shape}")
+        embedding_shape, _ = _checked_input_shapes(input_shape, self.embedding_dim,
+                                                   self.noise_dim)
         batch = embedding_shape[0]
         self.embedding_normalization.build(embedding_shape)
         shape = (batch, self.embedding_dim)
@@ -503,13 +507,7 @@ class FiLMGenerator(keras.Model):
 
     def call(self, inputs, training=False, return_all_scales=False):
         """Generates faces; see ``Generator.call`` (one output scale here)."""
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
-                raise ValueError(f"FiLMGenerator expects [embedding, noise], got {len(inputs)} "
-                                 "inputs")
-            embedding, noise = inputs
-        else:
-            embedding, noise = inputs, None
+        embedding, noise = _split_inputs(inputs, type(self).__name__)
         code = self.style_code(embedding, noise)
         features = ops.reshape(
             self.start_projection(code),

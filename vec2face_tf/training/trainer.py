@@ -393,6 +393,27 @@ def regression_phase_steps(config: config_lib.Config) -> int:
     return min(config.schedule.regression_steps, config.train.stage2_steps)
 
 
+def restore_export(model: keras.Model, folder: str, flag: str, export_format: str,
+                   hint: str = "") -> dict:
+    """Sets ``model``'s weights to those of an export of ``export_format``; returns its metadata.
+
+    Raises:
+      TrainingError: naming ``flag`` for a folder that is not such an export, or one of
+        another architecture (``hint`` is added to that message).
+    """
+    from vec2face_tf.export import savedmodel
+
+    try:
+        metadata = savedmodel.read_metadata(folder)
+        if metadata.get("format") != export_format:
+            raise TrainingError(f"{flag}={folder} is not a {export_format} export")
+        savedmodel.restore_exported_weights(model, folder)
+    except (savedmodel.ExportError, OSError) as error:
+        raise TrainingError(f"{flag}={folder}: {error}{hint}") from None
+    logging.info("%s weights from %s", export_format, folder)
+    return metadata
+
+
 def load_student_weights(student: keras.Model, student_from: str,
                          held_out: pipeline.Faces) -> None:
     """Sets the student's weights to an exported student's, refusing one that saw a probe.
@@ -402,16 +423,7 @@ def load_student_weights(student: keras.Model, student_from: str,
         student whose training identities include this run's held-out identities (its
         perceptual and identity terms would have seen the people the run is measured on).
     """
-    from vec2face_tf.export import savedmodel
-
-    try:
-        metadata = savedmodel.read_metadata(student_from)
-        if metadata.get("format") != "vec2face_tf student":
-            raise TrainingError(f"--student_from={student_from} is not a vec2face_tf student "
-                                "export")
-        savedmodel.restore_exported_weights(student, student_from)
-    except (savedmodel.ExportError, OSError) as error:
-        raise TrainingError(f"--student_from={student_from}: {error}") from None
+    metadata = restore_export(student, student_from, "--student_from", "vec2face_tf student")
     seen = set(metadata.get("train_identities") or [])
     overlap = sorted(seen & set(held_out.identity_names.tolist()))
     if overlap:
@@ -419,7 +431,6 @@ def load_student_weights(student: keras.Model, student_from: str,
             f"--student_from={student_from} was trained on {len(overlap)} of this run's "
             f"held-out identities (e.g. {overlap[:3]}); use the same data.seed and "
             "data.holdout_identities as its run, or distil a new student")
-    logging.info("student weights from %s", student_from)
 
 
 def load_generator_weights(generator: keras.Model, init_from: str) -> None:
@@ -428,18 +439,8 @@ def load_generator_weights(generator: keras.Model, init_from: str) -> None:
     Raises:
       TrainingError: for a folder that is not a generator export, or another architecture.
     """
-    from vec2face_tf.export import savedmodel
-
-    try:
-        metadata = savedmodel.read_metadata(init_from)
-        if metadata.get("format") != "vec2face_tf generator":
-            raise TrainingError(f"--init_from={init_from} is not a vec2face_tf generator "
-                                "export")
-        savedmodel.restore_exported_weights(generator, init_from)
-    except (savedmodel.ExportError, OSError) as error:
-        raise TrainingError(f"--init_from={init_from}: {error}; its generator section must "
-                            "match this run's config") from None
-    logging.info("generator weights from %s", init_from)
+    restore_export(generator, init_from, "--init_from", "vec2face_tf generator",
+                   hint="; its generator section must match this run's config")
 
 
 def student_optimizer(config: config_lib.Config) -> keras.optimizers.Optimizer:
