@@ -9,6 +9,7 @@ is a broken install, not a reason to pass.
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -140,8 +141,9 @@ def real_faces(real_faces_cache):
 def smoke_run(tmp_path_factory) -> pathlib.Path:
     """A ``smoke`` training folder (dlib, D=128) whose checkpoint holds untrained weights.
 
-    The live generator weights are perturbed after the EMA slots were built, so the EMA
-    generator and the live one differ: an export that used the wrong one shows it.
+    The EMA holds Keras-initialised weights perturbed once, and the live generator weights
+    are perturbed again after that, so the two differ: an export that used the wrong one
+    shows it. The folder holds calibration templates, as a trained run's does.
     """
     import json
 
@@ -157,14 +159,26 @@ def smoke_run(tmp_path_factory) -> pathlib.Path:
     parts = dibigan.build_parts(config, embedding_dim=128)
     g_optimizer = keras.optimizers.Adam(use_ema=True, ema_momentum=config.train.ema_momentum)
     weights = parts.generator.trainable_variables
-    # A first step with zero gradients moves no weight and sets the EMA to the initial
-    # weights (a plain Keras-initialised G, as a run starts); perturbing the live weights by
-    # their own scale then separates live and EMA weights.
-    g_optimizer.apply_gradients([(tf.zeros_like(v), v) for v in weights])
     rng = tf.random.Generator.from_seed(0)
-    for variable in weights:
-        scale = float(tf.math.reduce_std(variable)) or 0.05
-        variable.assign(variable + 0.5 * scale * rng.normal(variable.shape))
+
+    def perturb():
+        for variable in weights:
+            scale = float(tf.math.reduce_std(variable)) or 0.05
+            variable.assign(variable + 0.5 * scale * rng.normal(variable.shape))
+
+    # The FiLM generator starts with a zero noise projection (noise has no effect): the EMA
+    # gets one as large as the embedding's, so samples differ visibly. A step with zero
+    # gradients then moves no weight and sets the EMA to these weights; a second
+    # perturbation moves the live ones.
+    perturb()
+    noise_projection = parts.generator.noise_projection.kernel
+    noise_projection.assign(rng.normal(noise_projection.shape)
+                            / np.sqrt(config.generator.noise_dim))
+    g_optimizer.apply_gradients([(tf.zeros_like(v), v) for v in weights])
+    perturb()
+    calibration = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    np.save(model_dir / dibigan.CALIBRATION_FILE,
+            calibration / np.linalg.norm(calibration, axis=1, keepdims=True))
     checkpoint = dibigan.checkpoint_for(parts, g_optimizer=g_optimizer)
     tf.train.CheckpointManager(checkpoint, model_dir / "checkpoints", max_to_keep=1).save(1)
     (model_dir / "config.json").write_text(config.to_json())

@@ -1,6 +1,7 @@
 """The console scripts quiet TensorFlow's C++ start-up log, unless the user chose a level."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -31,8 +32,9 @@ def test_tensorflow_start_up_lines_are_gone():
 def test_a_level_the_user_set_is_left_alone():
     done = _run({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert done.returncode == 0 and done.stdout.strip() == "42"
-    # TensorFlow's own start-up notice, printed when nothing quiets it.
-    assert "oneDNN custom operations are on" in done.stderr
+    # TensorFlow's C++ INFO lines ("I1207 ..." / "I0000 ..."), which level 0 lets through on
+    # any machine (which ones varies: the oneDNN notice only shows on some CPUs).
+    assert re.search(r"^I\d{4} ", done.stderr, re.MULTILINE), done.stderr
 
 
 def test_errors_after_the_import_still_reach_stderr():

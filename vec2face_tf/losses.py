@@ -454,7 +454,8 @@ def parse_diff_augment(spec: str) -> tuple[str, ...]:
     return kinds
 
 
-def diff_augment(images: tf.Tensor, kinds: Sequence[str], seed: tf.Tensor) -> tf.Tensor:
+def diff_augment(images: tf.Tensor, kinds: Sequence[str], seed: tf.Tensor, first_row=0,
+                 total_rows=None) -> tf.Tensor:
     """Differentiable augmentation of a critic's input (Zhao et al., 2020, "DiffAugment").
 
     The same random transform family is applied to real and generated images, and gradients
@@ -470,6 +471,11 @@ def diff_augment(images: tf.Tensor, kinds: Sequence[str], seed: tf.Tensor) -> tf
       images: float[B, H, W, C] in [-1, 1].
       kinds: a subset of ``DIFF_AUGMENT_KINDS``, applied in that order.
       seed: int[2], the stateless seed (the same seed gives the same transforms).
+      first_row: where ``images`` start in the batch they are part of (a replica's share of
+        the global batch: ``replica index * B``).
+      total_rows: that whole batch's size (default B). Transforms are drawn for all its rows
+        and ``images`` get rows ``first_row:first_row + B``, so a batch split over replicas is
+        augmented exactly as it would be whole.
 
     Returns:
       float32[B, H, W, C], the augmented images.
@@ -477,25 +483,34 @@ def diff_augment(images: tf.Tensor, kinds: Sequence[str], seed: tf.Tensor) -> tf
     images = _as_float32(images)
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
+    total = batch if total_rows is None else tf.cast(total_rows, tf.int32)
+    first_row = tf.cast(first_row, tf.int32)
+    tf.debugging.assert_less_equal(first_row + batch, total, message=(
+        "diff_augment: rows first_row:first_row + B lie outside total_rows"))
+
+    def own_rows(values):
+        return values[first_row:first_row + batch]
+
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
     if "color" in kinds:
         def uniform(index, low, high):
-            return tf.random.stateless_uniform([batch, 1, 1, 1], seeds[index], low, high)
+            return own_rows(tf.random.stateless_uniform([total, 1, 1, 1], seeds[index], low,
+                                                        high))
         images = images + uniform(0, -0.5, 0.5)
         mean = tf.reduce_mean(images, axis=3, keepdims=True)
         images = (images - mean) * uniform(1, 0.0, 2.0) + mean
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
         images = (images - mean) * uniform(2, 0.5, 1.5) + mean
     if "translation" in kinds:
-        images = _translate(images, batch, height, width, seeds[3])
+        images = _translate(images, total, own_rows, height, width, seeds[3])
     if "cutout" in kinds:
-        images = _cutout(images, batch, height, width, seeds[4], seeds[5])
+        images = _cutout(images, total, own_rows, height, width, seeds[4], seeds[5])
     return images
 
 
-def _translate(images, batch, height, width, seed):
+def _translate(images, total, own_rows, height, width, seed):
     limit_y, limit_x = height // 8, width // 8
-    offsets = tf.random.stateless_uniform([batch, 2], seed, -1.0, 1.0)
+    offsets = own_rows(tf.random.stateless_uniform([total, 2], seed, -1.0, 1.0))
     shift_y = tf.cast(tf.round(offsets[:, 0] * tf.cast(limit_y, tf.float32)), tf.int32)
     shift_x = tf.cast(tf.round(offsets[:, 1] * tf.cast(limit_x, tf.float32)), tf.int32)
     # out[y, x] = in[y - shift_y, x - shift_x], zero outside: a gather on padded images.
@@ -506,10 +521,10 @@ def _translate(images, batch, height, width, seed):
     return tf.gather(images, cols, axis=2, batch_dims=1)
 
 
-def _cutout(images, batch, height, width, seed_y, seed_x):
+def _cutout(images, total, own_rows, height, width, seed_y, seed_x):
     size_y, size_x = height // 2, width // 2
-    center_y = tf.random.stateless_uniform([batch, 1, 1], seed_y, 0, height, tf.int32)
-    center_x = tf.random.stateless_uniform([batch, 1, 1], seed_x, 0, width, tf.int32)
+    center_y = own_rows(tf.random.stateless_uniform([total, 1, 1], seed_y, 0, height, tf.int32))
+    center_x = own_rows(tf.random.stateless_uniform([total, 1, 1], seed_x, 0, width, tf.int32))
     rows = tf.range(height)[None, :, None]
     cols = tf.range(width)[None, None, :]
     inside = ((tf.abs(rows - center_y) < (size_y + 1) // 2)

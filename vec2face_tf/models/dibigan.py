@@ -586,7 +586,13 @@ class DiBiGAN(_PrebuiltModel):
             return images
         seed = tf.stack([tf.cast(self.g_optimizer.iterations, tf.int64),
                          tf.constant(salt, tf.int64)])
-        return losses_lib.diff_augment(images, self.augmentations, seed)
+        # Each replica holds consecutive rows of the global batch: it takes its rows of the
+        # global batch's draws, so any number of replicas augments as one would.
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        local_batch = tf.shape(images)[0]
+        return losses_lib.diff_augment(images, self.augmentations, seed,
+                                       first_row=tf.cast(replica, tf.int32) * local_batch,
+                                       total_rows=self.global_batch_size)
 
     def _discriminator_step(self, images, embeddings, fake_images) -> tuple[tf.Tensor, tf.Tensor]:
         """Updates D on real and generated images; returns (D loss, D's logits of the reals)."""
@@ -697,10 +703,9 @@ class DiBiGAN(_PrebuiltModel):
         """A copy of the generator holding the optimizer's exponential moving average.
 
         A generator with batch normalisation gets statistics re-estimated for the averaged
-        weights on ``calibration_embeddings`` (``recalibrate_batch_norm``).
-
-        Raises:
-          ValueError: for a batch-normalised generator without calibration templates.
+        weights on ``calibration_embeddings`` (``recalibrate_batch_norm``); without them
+        (a run folder older than ``calibration.npy``) it keeps the live statistics and logs a
+        warning.
         """
         ema = type(self.generator).from_config(self.generator.get_config())
         ema([tf.zeros([1, self.generator.embedding_dim]),
@@ -741,7 +746,8 @@ def load_ema_generator(model_dir: str | pathlib.Path, embedding_dim: int) -> ker
     status = checkpoint_for(parts, g_optimizer=g_optimizer).restore(latest)
     status.expect_partial().assert_existing_objects_matched()
     calibration_file = model_path / CALIBRATION_FILE
-    calibration = np.load(calibration_file) if calibration_file.exists() else None
+    calibration = (np.load(calibration_file, allow_pickle=False)
+                   if calibration_file.exists() else None)
     gan = DiBiGAN(parts, config, calibration_embeddings=calibration)
     gan.compile(d_optimizer=keras.optimizers.Adam(), g_optimizer=g_optimizer)
     return gan.ema_generator()
