@@ -35,6 +35,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from vec2face_tf.data import inputs
+from vec2face_tf.data.inputs import InputError
 from vec2face_tf.engines import Engine, EngineError
 from vec2face_tf.evaluation import invert
 from vec2face_tf.evaluation.invert import InvertError
@@ -157,8 +159,8 @@ EXPECTED = {
         "rank 3": "must be float32[batch, D] or one vector, got shape (1, 1, 128)",
         "rank 0": "must be float32[batch, D] or one vector, got shape ()"}),
     "tflite int8 calibration vectors": (savedmodel.ExportError, _CHECK),
-    "invert.check_vector": (InvertError, {**_CHECK, **_INVERT_SHAPES}),
-    "vec2face-invert --vector=.npy": (InvertError, {**_CHECK, **_INVERT_SHAPES,
+    "inputs.check_vector": (InputError, {**_CHECK, **_INVERT_SHAPES}),
+    "vec2face-invert --vector=.npy": (InputError, {**_CHECK, **_INVERT_SHAPES,
                                                     **_NPY_DTYPES}),
 }
 assert all(set(table) == set(KINDS) for _, table in EXPECTED.values())
@@ -232,11 +234,11 @@ def _call(entry, embedding, runtimes, smoke_export, folder):
     if entry == "tflite int8 calibration vectors":
         return tflite.check_calibration_embeddings(_calibration_rows(embedding), D)
     metadata = savedmodel.read_metadata(smoke_export.path)
-    if entry == "invert.check_vector":
-        return invert.check_vector(embedding, metadata)
+    if entry == "inputs.check_vector":
+        return inputs.check_vector(embedding, metadata)
     path = folder / "template.npy"
     np.save(path, embedding, allow_pickle=True)
-    return invert.load_vector(path, metadata)
+    return inputs.load_vector(path, metadata)
 
 
 def _reference(entry, embedding, runtimes, smoke_export, folder):
@@ -283,7 +285,7 @@ def test_every_entry_point_names_every_bad_kind(entry, kind, runtimes, smoke_exp
 # --- Generated inputs: every runtime, every non-finite value, every wrong width, every scale.
 
 NUMPY_ENTRIES = ["tflite TFLiteGenerator", "onnx OnnxGenerator",
-                 "serving ServingClient.reconstruct", "invert.check_vector"]
+                 "serving ServingClient.reconstruct", "inputs.check_vector"]
 RUNTIMES = ["savedmodel serving_default", "savedmodel sample", "tflite TFLiteGenerator",
             "onnx OnnxGenerator"]
 
@@ -308,7 +310,7 @@ def _with_non_finite(draw, max_rows=4):
 @given(case=_with_non_finite())
 def test_any_non_finite_value_is_refused(entry, case, runtimes, smoke_export):
     values, bad_rows = case
-    if entry == "invert.check_vector":
+    if entry == "inputs.check_vector":
         values, bad_rows = values[bad_rows[0]:bad_rows[0] + 1], [0]
     error_class, _ = EXPECTED[entry]
     with pytest.raises(error_class) as raised:
@@ -320,17 +322,17 @@ def test_any_non_finite_value_is_refused(entry, case, runtimes, smoke_export):
         assert f"contains NaN or Inf (as float32) in row(s) {bad_rows[:10]}" in message
 
 
-@pytest.mark.parametrize("entry", RUNTIMES + ["invert.check_vector"])
+@pytest.mark.parametrize("entry", RUNTIMES + ["inputs.check_vector"])
 @SETTINGS
 @given(width=st.integers(1, 3 * D).filter(lambda width: width != D),
        rows=st.integers(1, 3))
 def test_any_wrong_width_is_refused(entry, width, rows, runtimes, smoke_export):
-    values = _unit_rows(1 if entry == "invert.check_vector" else rows, dim=width)
+    values = _unit_rows(1 if entry == "inputs.check_vector" else rows, dim=width)
     error_class, _ = EXPECTED[entry]
     with pytest.raises(error_class) as raised:
         _call(entry, values, runtimes, smoke_export, None)
     message = getattr(raised.value, "message", str(raised.value))
-    expected = {"invert.check_vector": f"vector has {width} values but this model inverts",
+    expected = {"inputs.check_vector": f"vector has {width} values but this model inverts",
                 "tflite TFLiteGenerator": f"has {width} columns; this model's engine dimension",
                 "onnx OnnxGenerator": f"has {width} columns; this model's engine dimension"}
     assert expected.get(entry, "must be float32[batch, 128]; got shape") in message
@@ -375,7 +377,7 @@ _OUT_OF_RANGE_NORMS = st.one_of(_log_uniform(1e-30, MIN_EMBEDDING_NORM / 1.01),
 def test_any_row_outside_the_norm_range_is_refused(entry, norm, row, runtimes, smoke_export):
     values = _unit_rows(3, seed=1)
     values[row] = (values[row].astype(np.float64) * norm).astype(np.float32)
-    if entry == "invert.check_vector":
+    if entry == "inputs.check_vector":
         values, row = values[row:row + 1], 0
     error_class, _ = EXPECTED[entry]
     with pytest.raises(error_class, match=rf"row\(s\) \[{row}\] have L2 norm .* outside "
@@ -421,7 +423,7 @@ def test_the_loaded_signature_casts_numpy_arrays_itself(signatures):
     converts it to its declared float32 before the graph runs, so bool becomes 0/1 and complex
     loses its imaginary part with only a ComplexWarning. Tensors of another dtype are refused
     (``EXPECTED``); Python callers who want the checks use the runners, the client or
-    ``invert.check_vector``."""
+    ``inputs.check_vector``."""
     serve = signatures["serving_default"]
     ones = serve(embedding=tf.ones([1, D]))["image"].numpy()
     np.testing.assert_array_equal(serve(embedding=np.ones((1, D), bool))["image"].numpy(), ones)
