@@ -101,6 +101,13 @@ def real_faces_folder(faces_dev, tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def verification_faces_folder(faces_dev, tmp_path_factory) -> pathlib.Path:
+    """600 faces-dev photos (200 identities x 3) for engines' genuine/impostor rates: 600
+    genuine and 179,100 impostor pairs, enough for FMR 1e-4 (17 false matches)."""
+    return link_identities(faces_dev, tmp_path_factory.mktemp("verification_faces"), 2, 200, 3)
+
+
+@pytest.fixture(scope="session")
 def dlib():
     """The dlib engine, shared by the tests that score images."""
     from vec2face_tf.engines import get_engine
