@@ -17,6 +17,25 @@ import numpy as np
 
 LOSSES = ("pixel", "perceptual", "identity", "g_adversarial", "d_loss", "metric")
 WEIGHTS = ("w_pixel", "w_perceptual", "w_identity", "w_adversarial", "w_metric")
+# A longer silence between two logged points is a pause (a crash and restart, or the end of
+# a working block before a resume), not training: it counts as a typical interval.
+PAUSE_MINUTES = 15.0
+
+
+def active_minutes(wall_times) -> np.ndarray:
+    """Minutes of training at each of ``wall_times`` (seconds, sorted), pauses removed.
+
+    An interval longer than ``PAUSE_MINUTES`` counts as the median of the shorter ones.
+    """
+    walls = np.asarray(wall_times, np.float64)
+    if walls.size == 0:
+        return walls
+    gaps = np.diff(walls) / 60.0
+    if np.any(np.diff(walls) < 0):
+        raise ValueError("wall_times must be sorted")
+    short = gaps[gaps <= PAUSE_MINUTES]
+    typical = float(np.median(short)) if short.size else 0.0
+    return np.concatenate([[0.0], np.cumsum(np.where(gaps > PAUSE_MINUTES, typical, gaps))])
 
 
 def read_scalars(event_dir: str | pathlib.Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -43,23 +62,27 @@ def read_scalars(event_dir: str | pathlib.Path) -> dict[str, list[tuple[int, flo
 
 
 def run_curves(model_dir: str | pathlib.Path) -> dict:
-    """The curves of one run, each against minutes since the run's first logged point.
+    """The curves of one run, each against minutes of training since its first logged point.
+
+    Minutes are wall-clock with pauses removed (``active_minutes``). Held-out entries are put
+    on the same axis by their step: an epoch's scalars are logged at its end, step
+    ``(epoch + 1) * train.checkpoint_every`` (the trainer's epoch length).
 
     Returns:
       ``{"losses": {name: (minutes, values)}, "weights": {...}, "previews": (minutes,
-      cosines), "held_out": [held_out.jsonl entries], "minutes": last minute}``. Loss and
-      weight minutes are wall-clock (restarts included); the held-out curve's are the
-      monitor's training minutes.
+      cosines), "held_out": [held_out.jsonl entries], "held_out_minutes": minutes of each,
+      "minutes": last minute}``.
     """
-    logs = pathlib.Path(model_dir) / "logs" / "stage2"
+    model_path = pathlib.Path(model_dir)
+    logs = model_path / "logs" / "stage2"
     epochs = read_scalars(logs / "train")
     previews = read_scalars(logs).get("engine_cosine", [])
-    times = [point[1] for points in epochs.values() for point in points]
-    times += [point[1] for point in previews]
-    origin = min(times) if times else 0.0
+    walls = sorted({point[1] for points in epochs.values() for point in points}
+                   | {point[1] for point in previews})
+    minutes_at = dict(zip(walls, active_minutes(walls), strict=True))
 
     def curve(points):
-        return (np.array([(wall - origin) / 60.0 for _, wall, _ in points]),
+        return (np.array([minutes_at[wall] for _, wall, _ in points]),
                 np.array([value for _, _, value in points]))
 
     held_out_file = logs / "held_out.jsonl"
@@ -72,15 +95,32 @@ def run_curves(model_dir: str | pathlib.Path) -> dict:
                     if f"epoch_{name}" in epochs},
         "previews": curve(previews),
         "held_out": held_out,
+        "held_out_minutes": _held_out_minutes(model_path, held_out, epochs, minutes_at),
     }
     ends = [minutes[-1] for minutes, _ in result["losses"].values() if len(minutes)]
-    ends += [entry["minutes"] for entry in held_out]
+    ends += list(result["held_out_minutes"])
     result["minutes"] = max(ends) if ends else 0.0
     return result
 
 
+def _held_out_minutes(model_path: pathlib.Path, held_out: list[dict], epochs: dict,
+                      minutes_at: dict) -> np.ndarray:
+    """The loss curves' minute of each held-out entry, interpolated by step; the monitor's
+    own minutes when the run logged no epochs."""
+    steps = np.array([entry["step"] for entry in held_out], np.float64)
+    points = next(iter(epochs.values()), [])
+    config_file = model_path / "config.json"
+    if not held_out or not points or not config_file.exists():
+        return np.array([entry["minutes"] for entry in held_out], np.float64)
+    every = json.loads(config_file.read_text())["train"]["checkpoint_every"]
+    # A replayed epoch (after a restart) keeps its last logging.
+    minute_of_step = {(epoch + 1) * every: minutes_at[wall] for epoch, wall, _ in points}
+    known = np.array(sorted(minute_of_step), np.float64)
+    return np.interp(steps, known, [minute_of_step[step] for step in known])
+
+
 def plot_training(runs: Sequence[str | pathlib.Path], output: str | pathlib.Path,
-                  labels: Sequence[str] | None = None, fmrs: Sequence[str] = ("0.001", "1e-04")
+                  labels: Sequence[str] | None = None, fmrs: Sequence[str] = ("0.001", "0.0001")
                   ) -> pathlib.Path:
     """Draws losses, loss weights, held-out SAR and realism against minutes, run after run.
 
@@ -123,7 +163,7 @@ def plot_training(runs: Sequence[str | pathlib.Path], output: str | pathlib.Path
                           label="mean cosine, 8 previews (live G)" if index == 0 else None)
         held_out = curves["held_out"]
         if held_out:
-            minutes = offset + np.array([entry["minutes"] for entry in held_out])
+            minutes = offset + curves["held_out_minutes"]
             for number, fmr in enumerate(fmrs):
                 key = f"sar_type1@{fmr}"
                 if key in held_out[0]:
@@ -143,7 +183,7 @@ def plot_training(runs: Sequence[str | pathlib.Path], output: str | pathlib.Path
     sar_axis.set(title="held-out (EMA generator, noise 0): SAR type I, dlib", ylim=(0, 1.02))
     realism_axis.set(title="held-out realism, ratio to the real crops", ylim=(0, 1.1))
     for axis in axes.ravel():
-        axis.set_xlabel("minutes of training")
+        axis.set_xlabel("minutes of training (pauses removed)")
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
