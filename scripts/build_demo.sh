@@ -64,7 +64,10 @@ target=${TARGET_ENGINE-sface}
 
 rm -rf "$demo/model"
 cp -r "$work/exports/demo/1" "$demo/model"
-if [ -d "$work/exports/demo/student/1" ]; then
+# A student the run loaded with --student_from stays as it is: re-exported from the run, it
+# would carry the generator run's config instead of its own distillation's.
+if [ -d "$work/exports/demo/student/1" ] && \
+    ! grep -q "^student loaded from" "$model_dir/student.done" 2>/dev/null; then
   rm -rf "$demo/student"
   cp -r "$work/exports/demo/student/1" "$demo/student"
 fi

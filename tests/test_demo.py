@@ -23,11 +23,14 @@ RESULTS_PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "results.m
 def test_demo_is_a_small_dlib_cpu64_export_with_its_config_and_evaluation():
     model = demo.model_dir()
     size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
-    assert size <= 25 * 2**20
+    # The FiLM generator's 7.9 M float32 weights are 31.6 MB (its 4x4x512 start projection
+    # half of them); each rebuild adds that much to the repository's history.
+    assert size <= 32 * 2**20
     metadata = savedmodel.read_metadata(model)
     assert (metadata["engine"], metadata["embedding_dim"], metadata["height"],
             metadata["width"]) == ("dlib", 128, 64, 64)
     assert metadata["training_config"]["preset"] == "cpu64"
+    assert metadata["training_config"]["generator"]["kind"] == "film"
     # Thresholds measured on every faces-dev face of the run's cache (~2e7 impostor pairs).
     assert metadata["thresholds"]["fmr"]["0.001"]["impostor_pairs"] > 10**7
     config = json.loads((demo.DEMO_DIR / "config.json").read_text())
@@ -44,9 +47,10 @@ def test_demo_is_a_small_dlib_cpu64_export_with_its_config_and_evaluation():
 def test_readme_main_job_inverts_the_astronaut_offline(demo_thresholds, tmp_path):
     result = invert.invert(None, tmp_path, image="skimage:astronaut")
     assert result["engine"] == "dlib" and result["fmr"] == pytest.approx(1e-3)
-    # Feed-forward only (the README's job refines: the binary test below). Measured 0.9268: it
-    # passes FMR 1e-2's threshold with room, FMR 1e-3's (0.9263) only by rounding.
-    assert demo_thresholds["0.01"] + 0.01 < result["cosine"] <= 1.0
+    # Feed-forward only (the README's job refines: the binary test below). Measured 0.9704
+    # (AMD EPYC): it passes FMR 1e-4's threshold (0.9415) by 0.029, a margin that float
+    # rounding on another CPU (below 0.001 for the feed-forward face) cannot take away.
+    assert demo_thresholds["0.0001"] + 0.02 < result["cosine"] <= 1.0
     assert result["passes"] == (result["cosine"] > result["threshold"])
     for name in ("reconstruction.png", "side_by_side.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
@@ -100,11 +104,13 @@ def test_invert_binary_refines_and_reads_cleanly(tmp_path):
     for noise in ("I0000", "cuInit", "absl::InitializeLog"):
         assert noise not in completed.stderr
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["refinement"]["queries"] <= 100
-    # The refined face passes the demo's FMR 1e-3 threshold (measured: 0.9350 against 0.9263;
-    # the feed-forward face's 0.9268 passes by too little to assert on another CPU's rounding).
-    assert result["passes"] is True and result["cosine"] > result["threshold"] + 0.004
+    # The feed-forward face (0.9704) already passes the early stop (FMR 1e-4's threshold
+    # + 0.005 = 0.9465): the first engine call, which scores it, ends the search.
+    assert result["refinement"]["queries"] == 1
+    assert result["refinement"]["stopped"] != "budget"
+    assert result["passes"] is True and result["cosine"] > result["threshold"] + 0.02
     assert result["cosine"] >= result["refinement"]["feed_forward_cosine"]
+    assert result["refinement"]["decisions"]["0.0001"]["passes"] is True
 
 
 # Two photos of each of the demo's 150 probe identities (people it never trained on): a fixed
@@ -194,8 +200,9 @@ def test_demo_keeps_its_held_out_success_rates_and_beats_a_random_face(demo_prob
     documented = report["attacks"]["reconstruction"]
     # docs/results.md quotes these figures of report.json: the two must not drift apart.
     results_text = RESULTS_PAGE.read_text()
-    for fmr in ("0.01", "0.001"):
-        assert f"{100 * documented['sar'][fmr]['type1']['rate']:.1f} %" in results_text
+    for fmr in ("0.001", "0.0001"):
+        for kind in ("type1", "type2"):
+            assert f"{100 * documented['sar'][fmr][kind]['rate']:.1f} %" in results_text
     signature = tf.saved_model.load(str(demo.model_dir())).signatures["serving_default"]
     images = signature(embedding=tf.constant(faces.embeddings))["image"].numpy()
     cosines = np.sum(dlib.embed(images) * faces.embeddings, axis=1)
@@ -204,7 +211,7 @@ def test_demo_keeps_its_held_out_success_rates_and_beats_a_random_face(demo_prob
     assert np.all(faces.labels[other] != faces.labels)
     random_face = np.sum(faces.embeddings[other] * faces.embeddings, axis=1)
     lines = []
-    for fmr in ("0.01", "0.001"):
+    for fmr in ("0.01", "0.001", "0.0001"):
         measured, floor = sar(cosines, demo_thresholds[fmr]), sar(random_face, demo_thresholds[fmr])
         expected = documented["sar"][fmr]["type1"]["rate"]
         margin = binomial_margin(expected, len(faces))
@@ -214,35 +221,36 @@ def test_demo_keeps_its_held_out_success_rates_and_beats_a_random_face(demo_prob
     print(f"\ndemo on {len(faces)} held-out probe photos: mean cosine {cosines.mean():.4f} "
           f"(report {documented['mean_cosine']:.4f}), another person's photo "
           f"{random_face.mean():.4f}\n" + "\n".join(lines))
-    # Measured on all 610 probe photos: 0.895 (reconstructions) against 0.836 (a random
+    # Measured on all 610 probe photos: 0.979 (reconstructions) against 0.836 (a random
     # training face); the subset's mean cosine has a standard error of about 0.001.
     assert cosines.mean() == pytest.approx(documented["mean_cosine"], abs=0.01)
-    assert cosines.mean() > random_face.mean() + 0.04
-    # Far above a random face at FMR 1e-2 (report: 26.4 % against 0.5 %).
-    assert sar(cosines, demo_thresholds["0.01"]) > sar(random_face, demo_thresholds["0.01"]) + 0.15
+    assert cosines.mean() > random_face.mean() + 0.1
+    # Far above a random face at FMR 1e-4 (report: 100 % against 0.0 %).
+    assert sar(cosines, demo_thresholds["0.0001"]) > sar(random_face,
+                                                         demo_thresholds["0.0001"]) + 0.9
 
 
-# The mean cosine of the refinement row of docs/results.md the next test repeats on a few
-# templates: 25 queries at most, early stop at FMR 1e-4 (+0.005), 50 held-out templates.
-REFINED_25_QUERIES_MEAN_COSINE = 0.931
+# The 25-query row of the demo's refinement table in docs/results.md (no early stop: the
+# demo's feed-forward faces already pass FMR 1e-4's), which the next test repeats on a few
+# templates; measured on 50 held-out templates: mean cosine 0.978 feed-forward, 0.981 refined.
+REFINED_25_QUERIES_MEAN_COSINE = 0.981
 
 
 @pytest.mark.slow
 def test_demo_refined_with_25_queries_keeps_its_documented_figures(demo_probes, dlib,
                                                                    demo_thresholds):
-    from vec2face_tf.refinement.exported import ExportedRefiner, parse_stop_at
+    from vec2face_tf.refinement.exported import ExportedRefiner
 
     faces, _ = demo_probes
-    assert ("| 25 | 0.931 | 98.0 % [94.0, 100] | 68.7 % [53.8, 82.7] | 62.0 % [48.0, 76.0]"
-            in RESULTS_PAGE.read_text())
-    # The first photo of 8 probe identities, spread over the alphabet (about 45 s).
+    assert ("| 25 | 0.981 | 100 % | 98.0 % [94.1, 100] | 100 % | 88.4 % [78.9, 94.8] | 100 % "
+            "| 56.5 % [44.7, 67.8] | 25.0 |" in RESULTS_PAGE.read_text())
+    # The first photo of 8 probe identities, spread over the alphabet (about 55 s).
     first_photos = np.flatnonzero(np.r_[True, faces.labels[1:] != faces.labels[:-1]])
     templates = faces.embeddings[first_photos[::len(first_photos) // 8][:8]]
     metadata = savedmodel.read_metadata(demo.model_dir())
     refiner = ExportedRefiner(demo.model_dir(), metadata)
     assert refiner.uses_student
-    target, _ = parse_stop_at("fmr=1e-4", metadata["thresholds"])
-    results = [refiner.refine(template, dlib, 25, seed=index, target=target)
+    results = [refiner.refine(template, dlib, 25, seed=index, target=None)
                for index, template in enumerate(templates)]
     # Score the kept faces again, independently of what the search reports.
     refined = np.sum(dlib.embed(np.stack([result.image for result in results])) * templates,
@@ -250,18 +258,18 @@ def test_demo_refined_with_25_queries_keeps_its_documented_figures(demo_probes, 
     np.testing.assert_allclose(refined, [result.score for result in results], atol=1e-5)
     feed_forward = np.array([result.initial_score for result in results])
     print(f"\ndemo refined (25 queries) on {len(templates)} templates: mean cosine "
-          f"{refined.mean():.4f} (feed-forward {feed_forward.mean():.4f}); SAR I @1e-2 "
-          f"{sar(refined, demo_thresholds['0.01']):.3f}, @1e-3 "
-          f"{sar(refined, demo_thresholds['0.001']):.3f}")
-    assert all(result.queries <= 25 for result in results)
-    # Per-template cosines after 25 queries spread by about 0.01: the mean of 8 is within
-    # 0.015 of the documented 0.931, and 25 queries add clearly more than noise.
-    assert refined.mean() == pytest.approx(REFINED_25_QUERIES_MEAN_COSINE, abs=0.015)
-    assert refined.mean() > feed_forward.mean() + 0.02
-    # 98 % documented at FMR 1e-2: 7 of 8 or more (P(<= 6 of 8 | 0.98) < 0.01).
-    assert sar(refined, demo_thresholds["0.01"]) >= 7 / 8
-    # 62 % at FMR 1e-3: with 8 templates, at least 2 (P(<= 1 of 8 | 0.62) < 0.01).
-    assert sar(refined, demo_thresholds["0.001"]) >= 2 / 8
+          f"{refined.mean():.4f} (feed-forward {feed_forward.mean():.4f}); SAR I @1e-4 "
+          f"{sar(refined, demo_thresholds['0.0001']):.3f}")
+    assert all(result.queries == 25 for result in results)  # no early stop: the budget
+    # The engine's score decides what is kept: no face gets worse, and 25 queries find a
+    # better one for most templates (documented mean gain 0.003 over 50).
+    assert np.all(refined >= feed_forward - 1e-6)
+    assert np.mean(refined > feed_forward + 1e-4) >= 0.5
+    # Per-template cosines spread by about 0.01: the mean of 8 lies within 0.01 (the
+    # refined-figure tolerance across CPUs) of the documented 0.981.
+    assert refined.mean() == pytest.approx(REFINED_25_QUERIES_MEAN_COSINE, abs=0.01)
+    # 100 % documented at FMR 1e-4: all 8 pass.
+    assert sar(refined, demo_thresholds["0.0001"]) == 1.0
 
 
 @pytest.mark.slow
