@@ -160,8 +160,7 @@ EXPECTED = {
         "rank 0": "must be float32[batch, D] or one vector, got shape ()"}),
     "tflite int8 calibration vectors": (savedmodel.ExportError, _CHECK),
     "inputs.check_vector": (InputError, {**_CHECK, **_INVERT_SHAPES}),
-    "vec2face-invert --vector=.npy": (InputError, {**_CHECK, **_INVERT_SHAPES,
-                                                    **_NPY_DTYPES}),
+    "inputs.load_vector (.npy)": (InputError, {**_CHECK, **_INVERT_SHAPES, **_NPY_DTYPES}),
 }
 assert all(set(table) == set(KINDS) for _, table in EXPECTED.values())
 @pytest.fixture(scope="module")

@@ -488,29 +488,30 @@ def diff_augment(images: tf.Tensor, kinds: Sequence[str], seed: tf.Tensor, first
     tf.debugging.assert_less_equal(first_row + batch, total, message=(
         "diff_augment: rows first_row:first_row + B lie outside total_rows"))
 
-    def own_rows(values):
+    def draw(tail, draw_seed, low, high, dtype=tf.float32):
+        """This batch's rows of a uniform draw of shape [total_rows, *tail]."""
+        values = tf.random.stateless_uniform([total, *tail], draw_seed, low, high, dtype)
         return values[first_row:first_row + batch]
 
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
     if "color" in kinds:
         def uniform(index, low, high):
-            return own_rows(tf.random.stateless_uniform([total, 1, 1, 1], seeds[index], low,
-                                                        high))
+            return draw([1, 1, 1], seeds[index], low, high)
         images = images + uniform(0, -0.5, 0.5)
         mean = tf.reduce_mean(images, axis=3, keepdims=True)
         images = (images - mean) * uniform(1, 0.0, 2.0) + mean
         mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
         images = (images - mean) * uniform(2, 0.5, 1.5) + mean
     if "translation" in kinds:
-        images = _translate(images, total, own_rows, height, width, seeds[3])
+        images = _translate(images, draw, height, width, seeds[3])
     if "cutout" in kinds:
-        images = _cutout(images, total, own_rows, height, width, seeds[4], seeds[5])
+        images = _cutout(images, draw, height, width, seeds[4], seeds[5])
     return images
 
 
-def _translate(images, total, own_rows, height, width, seed):
+def _translate(images, draw, height, width, seed):
     limit_y, limit_x = height // 8, width // 8
-    offsets = own_rows(tf.random.stateless_uniform([total, 2], seed, -1.0, 1.0))
+    offsets = draw([2], seed, -1.0, 1.0)
     shift_y = tf.cast(tf.round(offsets[:, 0] * tf.cast(limit_y, tf.float32)), tf.int32)
     shift_x = tf.cast(tf.round(offsets[:, 1] * tf.cast(limit_x, tf.float32)), tf.int32)
     # out[y, x] = in[y - shift_y, x - shift_x], zero outside: a gather on padded images.
@@ -521,10 +522,10 @@ def _translate(images, total, own_rows, height, width, seed):
     return tf.gather(images, cols, axis=2, batch_dims=1)
 
 
-def _cutout(images, total, own_rows, height, width, seed_y, seed_x):
+def _cutout(images, draw, height, width, seed_y, seed_x):
     size_y, size_x = height // 2, width // 2
-    center_y = own_rows(tf.random.stateless_uniform([total, 1, 1], seed_y, 0, height, tf.int32))
-    center_x = own_rows(tf.random.stateless_uniform([total, 1, 1], seed_x, 0, width, tf.int32))
+    center_y = draw([1, 1], seed_y, 0, height, tf.int32)
+    center_x = draw([1, 1], seed_x, 0, width, tf.int32)
     rows = tf.range(height)[None, :, None]
     cols = tf.range(width)[None, None, :]
     inside = ((tf.abs(rows - center_y) < (size_y + 1) // 2)

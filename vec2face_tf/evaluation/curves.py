@@ -31,7 +31,7 @@ def active_minutes(wall_times) -> np.ndarray:
     if walls.size == 0:
         return walls
     gaps = np.diff(walls) / 60.0
-    if np.any(np.diff(walls) < 0):
+    if np.any(gaps < 0):
         raise ValueError("wall_times must be sorted")
     short = gaps[gaps <= PAUSE_MINUTES]
     typical = float(np.median(short)) if short.size else 0.0
