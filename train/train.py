@@ -42,6 +42,10 @@ _INIT_FROM = flags.DEFINE_string(
 _STUDENT_FROM = flags.DEFINE_string(
     "student_from", None, "Exported image student (e.g. vec2face_tf/demo/student) to start "
     "from instead of distilling one; skips the student stage.")
+_STUDENT_INIT_FROM = flags.DEFINE_string(
+    "student_init_from", None, "Exported image student whose weights the student stage "
+    "starts from and distils on towards this run's engine (e.g. the demo's dlib student for "
+    "an SFace run).")
 _CONFIG = flags.DEFINE_multi_string("config", [], "Config override section.field=value.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes that align and embed.", lower_bound=0)
 _MAX_IMAGES = flags.DEFINE_integer("max_images", 0, "Use only the first N photos (0 = all).",
@@ -70,7 +74,8 @@ def main(argv):
                                strategy_name=_STRATEGY.value, workers=_WORKERS.value,
                                max_images=_MAX_IMAGES.value, extra_data=_EXTRA_DATA.value,
                                extra_cache_dir=_EXTRA_CACHE_DIR.value, stage=_STAGE.value,
-                               init_from=_INIT_FROM.value, student_from=_STUDENT_FROM.value)
+                               init_from=_INIT_FROM.value, student_from=_STUDENT_FROM.value,
+                               student_init_from=_STUDENT_INIT_FROM.value)
     except trainer.EXPECTED_ERRORS as error:
         sys.exit(f"error: {error}")
     print(f"trained: {result.model_dir} (engine queries: {result.engine_queries})")

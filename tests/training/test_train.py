@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -37,6 +38,8 @@ def _run_binary(*flags, timeout=120):
     (["--config=schedule.regression_steps=3"], "schedule.regression_steps=3 must be a"),
     (["--student_from=/nonexistent/student"], "--student_from=/nonexistent/student"),
     (["--extra_data=/nonexistent/faces"], "/nonexistent/faces"),
+    (["--student_from=/tmp", "--student_init_from=/tmp"], "give one of them"),
+    (["--student_init_from=/nonexistent/student"], "--student_init_from=/nonexistent/student"),
 ])
 def test_bad_flags_fail_before_any_work(small_faces, tmp_path, flags, message):
     model_dir = tmp_path / "run"
@@ -230,6 +233,34 @@ def test_warm_starts_refuse_exports_that_do_not_fit(small_faces, tmp_path):
     with pytest.raises(trainer.TrainingError, match="trained on 1 of this run's held-out"):
         trainer.train(config, str(small_faces), str(tmp_path / "b"), workers=0, verbose=0,
                       student_from=str(leaky))
+    # A frozen student of another engine would pull G towards that engine.
+    other_engine = student_export.write_student(
+        student, {"format": "vec2face_tf student", "engine": "sface", "train_identities": []},
+        tmp_path / "exports", "sface", version=1).path
+    with pytest.raises(trainer.TrainingError, match="distilled from engine 'sface'"):
+        trainer.train(config, str(small_faces), str(tmp_path / "c"), workers=0, verbose=0,
+                      student_from=str(other_engine))
+
+
+def test_student_init_from_starts_the_student_stage_from_another_engines_student(
+        small_faces, tmp_path):
+    """A cross-engine warm start: the stage begins at the export's weights, then distils."""
+    from vec2face_tf.export import student as student_export
+    from vec2face_tf.models import dibigan
+
+    config = config_lib.get_config("smoke", ["train.student_steps=0"])
+    keras.utils.set_random_seed(7)
+    student = dibigan.build_student(config, 128)
+    exported = student_export.write_student(
+        student, {"format": "vec2face_tf student", "engine": "sface", "train_identities": []},
+        tmp_path / "exports", "sface", version=1).path
+    run = tmp_path / "run"
+    trainer.train(config, str(small_faces), str(run), workers=0, verbose=0, stage="student",
+                  student_init_from=str(exported))
+    started, _ = student_export.load_student(run)
+    faces = np.random.default_rng(0).uniform(-1, 1, size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(started(faces), student(faces), atol=1e-5)
+    assert "finished" in (run / "student.done").read_text()  # the stage ran (0 steps)
 
 
 def test_stage_student_distils_from_extra_photos_and_stops(small_faces, faces_dev, tmp_path):

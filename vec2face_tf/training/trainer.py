@@ -126,7 +126,8 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
           max_images: int = 0, verbose: int | str = "auto",
           extra_data: typing.Sequence[str] = (), extra_cache_dir: str | None = None,
           stage: str = "all", init_from: str | None = None,
-          student_from: str | None = None) -> TrainResult:
+          student_from: str | None = None,
+          student_init_from: str | None = None) -> TrainResult:
     """Trains DiBiGAN end to end and leaves checkpoints and logs in ``model_dir``.
 
     Args:
@@ -147,7 +148,11 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
         architecture. Ignored when the run resumes from a checkpoint of its own.
       student_from: an exported image student whose weights the student starts from; the
         student stage is then skipped. Its training identities must not include any of
-        this run's held-out identities.
+        this run's held-out identities, and it must have been distilled from this run's
+        engine.
+      student_init_from: an exported image student whose weights the student stage starts
+        from and distils on towards this run's engine (a warm start: it may come from
+        another engine of the same embedding size). The same held-out rule applies.
 
     Raises:
       TrainingError: for flags that cannot work (before any expensive work).
@@ -159,6 +164,12 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
     if student_from and config.student.kind != "image":
         raise TrainingError("--student_from loads an image student; this run has "
                             f"student.kind={config.student.kind!r}")
+    if student_from and student_init_from:
+        raise TrainingError("--student_from loads a finished student and skips its stage; "
+                            "--student_init_from starts that stage from one: give one of them")
+    if student_init_from and config.student.kind != "image":
+        raise TrainingError("--student_init_from loads an image student; this run has "
+                            f"student.kind={config.student.kind!r}")
     if student_from and stage == "student":
         raise TrainingError("--student_from skips the student stage, so --stage=student "
                             "would do nothing")
@@ -166,7 +177,8 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
         raise TrainingError("--stage=student distils the image student; this run has "
                             f"student.kind={config.student.kind!r}, whose head trains with "
                             "the flow in stage 1")
-    for flag, folder in (("--init_from", init_from), ("--student_from", student_from)):
+    for flag, folder in (("--init_from", init_from), ("--student_from", student_from),
+                         ("--student_init_from", student_init_from)):
         if folder and not pathlib.Path(folder).is_dir():
             raise TrainingError(f"{flag}={folder} is not a folder (give an export's version "
                                 "folder, e.g. vec2face_tf/demo/model)")
@@ -177,15 +189,15 @@ def train(config: config_lib.Config, data: str, model_dir: str, cache_dir: str |
             "finish or use another --model_dir")):
         return _train_locked(config, source, model_path, cache_dir, strategy_name, workers,
                              max_images, verbose, extra_sources, extra_cache_dir, stage,
-                             init_from, student_from)
+                             init_from, student_from, student_init_from)
 
 
 def _train_locked(config: config_lib.Config, source: sources.FaceSource,
                   model_path: pathlib.Path, cache_dir: str | None, strategy_name: str,
                   workers: int, max_images: int, verbose: int | str,
                   extra_sources: list, extra_cache_dir: str | None, stage: str,
-                  init_from: str | None = None, student_from: str | None = None
-                  ) -> TrainResult:
+                  init_from: str | None = None, student_from: str | None = None,
+                  student_init_from: str | None = None) -> TrainResult:
     check_model_dir(model_path, config)
     engine = get_engine(config.engine)
     strategy = get_strategy(strategy_name)
@@ -271,9 +283,17 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
         gan.build_optimizers()
         refresh.build(parts.student)
         if student_from:
-            load_student_weights(parts.student, student_from, held_out)
+            load_student_weights(parts.student, student_from, held_out,
+                                 engine_name=engine.name)
+        # A resumed student stage restores its checkpoint over these weights below.
+        if student_init_from:
+            load_student_weights(parts.student, student_init_from, held_out,
+                                 flag="--student_init_from")
         if init_from:
             load_generator_weights(parts.generator, init_from)
+            # The export's centre is its own run's engine mean; this run's templates are
+            # centred on this run's (another engine's, for a cross-engine warm start).
+            parts.generator.embedding_normalization.set_center(center)
             gan.reset_ema()
 
     optimizers = dict(stage1_optimizer=stage1.optimizer, d_optimizer=gan.d_optimizer,
@@ -415,22 +435,37 @@ def restore_export(model: keras.Model, folder: str, flag: str, export_format: st
 
 
 def load_student_weights(student: keras.Model, student_from: str,
-                         held_out: pipeline.Faces) -> None:
+                         held_out: pipeline.Faces, engine_name: str | None = None,
+                         flag: str = "--student_from") -> None:
     """Sets the student's weights to an exported student's, refusing one that saw a probe.
 
+    Args:
+      student: this run's student network.
+      student_from: the student export's folder.
+      held_out: this run's held-out faces.
+      engine_name: when given, the engine the export must have been distilled from (a
+        frozen student of another engine would pull G towards the wrong engine).
+      flag: the flag named in errors.
+
     Raises:
-      TrainingError: for a folder that is not a student export of this architecture, or a
-        student whose training identities include this run's held-out identities (its
-        perceptual and identity terms would have seen the people the run is measured on).
+      TrainingError: for a folder that is not a student export of this architecture, a
+        student of another engine than ``engine_name``, or a student whose training
+        identities include this run's held-out identities (its perceptual and identity
+        terms would have seen the people the run is measured on).
     """
-    metadata = restore_export(student, student_from, "--student_from", "vec2face_tf student")
+    metadata = restore_export(student, student_from, flag, "vec2face_tf student")
     seen = set(metadata.get("train_identities") or [])
     overlap = sorted(seen & set(held_out.identity_names.tolist()))
     if overlap:
         raise TrainingError(
-            f"--student_from={student_from} was trained on {len(overlap)} of this run's "
+            f"{flag}={student_from} was trained on {len(overlap)} of this run's "
             f"held-out identities (e.g. {overlap[:3]}); use the same data.seed and "
             "data.holdout_identities as its run, or distil a new student")
+    if engine_name and metadata.get("engine") != engine_name:
+        raise TrainingError(
+            f"{flag}={student_from} was distilled from engine {metadata.get('engine')!r}, "
+            f"this run's engine is {engine_name!r}; distil a student for it (or start one "
+            "from this export with --student_init_from)")
 
 
 def load_generator_weights(generator: keras.Model, init_from: str) -> None:
