@@ -77,6 +77,7 @@ setup(
             "vec2face-train=vec2face_tf.bin.train.train:run",
             "vec2face-eval=vec2face_tf.bin.train.evaluate:run",
             "vec2face-invert=vec2face_tf.bin.train.invert:run",
+            "vec2face-audit=vec2face_tf.bin.train.audit:run",
             "vec2face-export=vec2face_tf.bin.export.export:run",
             "vec2face-export-savedmodel=vec2face_tf.bin.export.export_savedmodel:run",
             "vec2face-export-tflite=vec2face_tf.bin.export.export_tflite:run",

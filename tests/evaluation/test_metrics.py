@@ -216,3 +216,16 @@ def test_kernel_inception_distance():
     # k_xy = 1, so MMD^2 = 1 + 8 - 2 = 7.
     mean, std = metrics.kernel_inception_distance(np.zeros((2, 1)), np.ones((2, 1)), subsets=3)
     assert mean == pytest.approx(7.0) and std == pytest.approx(0.0)
+
+
+def test_sar_curve_golden():
+    # 1,000 impostor scores 0.000 .. 0.999: at FMR f the threshold is the (floor(f n)+1)-th
+    # highest, so 1e-1 -> 0.899, 1e-2 -> 0.989; 1e-3 needs 10^4 pairs and is left out.
+    impostor = np.arange(1000) / 1000
+    attack = np.array([0.5, 0.95, 0.995, 1.0])
+    curve = metrics.sar_curve(impostor, {"attack": attack}, fmrs=(1e-1, 1e-2, 1e-3))
+    assert curve["fmr"] == [1e-1, 1e-2]
+    np.testing.assert_allclose(curve["threshold"], [0.899, 0.989])
+    np.testing.assert_allclose(curve["attack"], [0.75, 0.5])
+    assert metrics.CURVE_FMRS[0] == 0.1 and metrics.CURVE_FMRS[-1] == 1e-5
+    assert len(metrics.CURVE_FMRS) == 21

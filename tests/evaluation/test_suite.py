@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from vec2face_tf.data.pipeline import Faces
-from vec2face_tf.engines import Engine, get_engine
+from vec2face_tf.engines import get_engine
 from vec2face_tf.evaluation import reconstruction, suite
 
 
@@ -86,34 +86,16 @@ def assert_thresholds_count_out(thresholds: dict, vectors, labels) -> None:
         assert entry["false_matches"] == above
 
 
-class PixelProjectionEngine(Engine):
-    """A stand-in engine that really differs from dlib: a fixed random projection of the
-    centred pixels of a 16 px crop to 64 numbers."""
-
-    name = "pixel_projection"
-    dim = 64
-    input_size = 16
-
-    def __init__(self, argument=None):
-        self.matrix = np.random.default_rng(5).standard_normal((16 * 16 * 3, 64))
-
-    def _embed(self, images):
-        return (images.reshape(len(images), -1) / 127.5 - 1.0) @ self.matrix
-
-
 def test_evaluate_writes_the_full_report(smoke_export, real_faces_folder, real_faces_cache,
-                                         real_faces, tmp_path):
+                                         real_faces, pixel_projection, tmp_path):
     import shutil
 
     from vec2face_tf.data import pipeline
-    from vec2face_tf.engines import register_engine
-
-    register_engine("pixel_projection", PixelProjectionEngine)
     cache = tmp_path / "cache"  # the transfer engine adds its vectors: keep the shared cache clean
     shutil.copytree(real_faces_cache, cache)
     out = tmp_path / "eval"
     report = suite.evaluate(smoke_export.path, str(real_faces_folder), out,
-                            cache_dir=cache, workers=0, target_engine="pixel_projection",
+                            cache_dir=cache, workers=0, target_engine="pixel_projection, dlib",
                             detectors=("dlib",), progress=False)
     for name in ("report.json", "report.md", "grid.png", "scores.png"):
         assert (out / name).stat().st_size > 500, name
@@ -157,29 +139,68 @@ def test_evaluate_writes_the_full_report(smoke_export, real_faces_folder, real_f
         engine.close()
     assert attacks["reconstruction"]["mean_cosine"] == pytest.approx(cosines.mean(), abs=1e-4)
 
-    # Transfer: the same images scored by the projection engine, against its own vectors of
-    # the probe photos and at its own thresholds, all recomputed here.
+    # The transfer matrix: the same images scored by the projection engine, against its own
+    # vectors of the probe photos and at its own thresholds, all recomputed here; the model's
+    # own engine (dlib) as a column repeats the attack table's figures.
     transfer = report["transfer"]
-    assert transfer["engine"] == "pixel_projection"
-    assert transfer["probes_scored"] == 105 and transfer["probes_missing_for_target"] == 0
+    assert transfer["attacked_engine"] == "dlib"
+    assert transfer["engines"] == ["pixel_projection", "dlib"]
+    assert list(transfer["rows"]) == ["feed-forward"]  # no refinement in this run
+    assert transfer["probes"]["pixel_projection"] == {"probes_scored": 105, "probes_missing": 0}
     projected = pipeline.load_faces(cache, "pixel_projection")
     np.testing.assert_array_equal(projected.hashes, real_faces.hashes)
-    assert_thresholds_count_out(transfer["thresholds"], projected.embeddings, projected.labels)
-    assert transfer["thresholds"]["0.01"]["cosine"] != report["thresholds"]["0.01"]["cosine"]
+    assert_thresholds_count_out(transfer["thresholds"]["pixel_projection"],
+                                projected.embeddings, projected.labels)
+    assert transfer["thresholds"]["dlib"] == report["thresholds"]
+    assert (transfer["thresholds"]["pixel_projection"]["0.01"]["cosine"]
+            != report["thresholds"]["0.01"]["cosine"])
     row_of_hash = {value: row for row, value in enumerate(projected.hashes)}
     probe_vectors = projected.embeddings[[row_of_hash[value] for value in probes.hashes]]
-    transfer_cosines = np.sum(PixelProjectionEngine().embed(images) * probe_vectors, axis=1)
-    assert transfer["reconstruction"]["mean_cosine"] == pytest.approx(
-        transfer_cosines.mean(), abs=1e-5)
+    transfer_cosines = np.sum(pixel_projection().embed(images) * probe_vectors, axis=1)
+    cell = transfer["rows"]["feed-forward"]["pixel_projection"]
+    assert cell["mean_cosine"] == pytest.approx(transfer_cosines.mean(), abs=1e-5)
+    threshold = transfer["thresholds"]["pixel_projection"]["0.01"]["cosine"]
+    assert cell["sar"]["0.01"]["type1"]["rate"] == pytest.approx(
+        np.mean(transfer_cosines > threshold), abs=1e-6)
     assert abs(transfer_cosines.mean() - cosines.mean()) > 0.01  # it really is another engine
+    assert transfer["rows"]["feed-forward"]["dlib"]["sar"] == attacks["reconstruction"]["sar"]
+
+    # SAR against FMR: point rates at each supported FMR, the largest FMR first.
+    curve = report["sar_curve"]
+    # 22,365 impostor pairs support FMRs down to 10 / 22,365 (MIN_FALSE_MATCHES).
+    assert curve["fmr"][0] == 0.1 and min(curve["fmr"]) == 6.31e-4
+    assert np.all(np.diff(curve["threshold"]) >= 0)
+    for name in ("reconstruction_type1", "real_photos_type2"):
+        assert np.all(np.diff(curve[name]) <= 0), name  # a stricter threshold passes fewer
+    at_1e3 = curve["fmr"].index(1e-3)
+    assert curve["real_photos_type2"][at_1e3] == pytest.approx(
+        attacks["real_photos"]["sar"]["0.001"]["type2"]["rate"])
 
     detection = report["realism"]["detection"]["dlib"]
     assert detection["real_photos"]["rate"] > 0.8
     assert np.isfinite(report["realism"]["engine_frechet_distance"])
     markdown = (out / "report.md").read_text()
-    for text in ("## Thresholds", "nearest neighbour", "real photos", "## Transfer",
-                 "pixel_projection"):
+    for text in ("## Thresholds", "nearest neighbour", "real photos", "## Transfer matrix",
+                 "pixel_projection SAR I @0.01"):
         assert text in markdown
+
+
+def test_engine_lists_are_parsed_in_order_once_each():
+    assert suite.parse_engine_list("sface, dlib,sface") == ["sface", "dlib"]
+    assert suite.parse_engine_list(("dlib",)) == ["dlib"]
+    assert suite.parse_engine_list(None) == []
+    with pytest.raises(suite.EvaluationError, match="empty engine name"):
+        suite.parse_engine_list("sface,,dlib")
+
+
+def test_a_missing_verifying_engine_fails_before_any_work(smoke_export, real_faces_folder,
+                                                          tmp_path):
+    from vec2face_tf.engines import EngineError
+
+    with pytest.raises(EngineError, match="unknown engine 'nope'"):
+        suite.evaluate(smoke_export.path, str(real_faces_folder), tmp_path / "out",
+                       target_engine="dlib,nope", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_wrong_engine_is_refused(smoke_export, real_faces_folder, tmp_path):

@@ -84,6 +84,32 @@ def thresholds_at_fmrs(impostor_scores: np.ndarray,
             if count >= np.ceil(MIN_FALSE_MATCHES / fmr)}
 
 
+# SAR-against-FMR curves: 1e-1 down to 1e-5, five points a decade.
+CURVE_FMRS = tuple(float(f"{value:.3g}") for value in np.logspace(-1, -5, 21))
+
+
+def sar_curve(impostor_scores: np.ndarray, attack_scores: dict[str, np.ndarray],
+              fmrs: tuple[float, ...] = CURVE_FMRS) -> dict:
+    """Success rates of each attack at every FMR the impostor pairs support.
+
+    Args:
+      impostor_scores: scores of pairs of different people (they set the thresholds).
+      attack_scores: name -> the scores of that attack's pairs (e.g. reconstructions against
+        their templates, or the engine's own genuine pairs).
+      fmrs: the false-match rates to try; those the impostor pairs cannot support are left
+        out (``thresholds_at_fmrs``).
+
+    Returns:
+      ``fmr`` and ``threshold`` (lists, in the order of ``fmrs``) and, for each attack, its
+      success rate at each of those thresholds (``score > threshold``).
+    """
+    thresholds = thresholds_at_fmrs(impostor_scores, fmrs)
+    curve = {"fmr": list(thresholds), "threshold": [t.value for t in thresholds.values()]}
+    for name, scores in attack_scores.items():
+        curve[name] = [success_rate(scores, t) for t in thresholds.values()]
+    return curve
+
+
 def success_rate(scores: np.ndarray, threshold: Threshold | float) -> float:
     """Fraction of attack scores that pass the threshold (score > threshold)."""
     value = threshold.value if isinstance(threshold, Threshold) else float(threshold)

@@ -14,7 +14,8 @@ reconstructs every probe face (identities the model never trained on) through th
 
 Each gets SAR type I/II with bootstrap 95 % intervals (resampling whole identities), mean and
 median cosine, and the 10-fold verification accuracy of pairs whose first photo is replaced
-by the attack. ``target_engine`` repeats the scores with another engine (transfer), and the
+by the attack. ``target_engine`` (one engine or several, ``"sface,dlib"``) scores the same
+reconstructions with every engine at that engine's own thresholds (the transfer matrix), and the
 realism block reports detection rates, the engine-vector Fréchet distance and, optionally,
 FID/KID. Writes ``report.json``, ``report.md``, ``grid.png`` and ``scores.png``.
 
@@ -32,6 +33,7 @@ import json
 import os
 import pathlib
 import time
+import typing
 
 import numpy as np
 from absl import logging
@@ -144,7 +146,8 @@ def _load(data: str, engine_spec: str, engine_name: str, crop: CropSpec,
 
 
 def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
-             engine_spec: str | None = None, target_engine: str | None = None,
+             engine_spec: str | None = None,
+             target_engine: str | typing.Sequence[str] | None = None,
              cache_dir: str | os.PathLike | None = None, workers: int = 2,
              max_probe_identities: int = 0, fid: bool = False,
              detectors: tuple[str, ...] = ("dlib", "mtcnn"), seed: int = 0,
@@ -157,7 +160,10 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
       data: photos (a folder ``<identity>/<image>``, or ``tfds:lfw``...).
       out_dir: where the report goes.
       engine_spec: the engine (default, and it must match: the model's, from vec2face.json).
-      target_engine: another engine to score the same reconstructions with (transfer).
+      target_engine: engines that verify the same reconstructions (the transfer matrix), a
+        comma-separated string or a sequence; each scores at its own thresholds, taken from
+        its own impostor pairs on the same photos. The model's engine may be among them (its
+        column is then the attack tables' figures).
       cache_dir: the embedding cache (default ``<out_dir>/cache``); reruns reuse it.
       workers: processes that align and embed.
       max_probe_identities: evaluate at most this many probe identities (0: all).
@@ -181,6 +187,7 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
         budgets = refined.parse_budgets(queries) if queries else ()
     except refined.QueryBudgetError as error:
         raise EvaluationError(str(error)) from None
+    verifiers = parse_engine_list(target_engine)
     model_path = savedmodel.resolve_version_dir(model)
     metadata = savedmodel.read_metadata(model_path)
     if engine_spec and engine_spec != metadata["engine"]:
@@ -188,6 +195,10 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
         raise EvaluationError(f"the model inverts {metadata['engine']} vectors, not "
                               f"{engine_spec}; use --engine={metadata['engine']}")
     engine_spec = engine_spec or metadata["engine"]
+    # Every verifying engine is built once up front: a missing one fails before any work.
+    for spec in verifiers:
+        if spec != engine_spec:
+            get_engine(spec).close()
     out_path = pathlib.Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
     cache = pathlib.Path(cache_dir) if cache_dir else out_path / "cache"
@@ -210,9 +221,10 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
                 nn_index, stop_at, student, detectors, seed, progress)
     finally:
         engine.close()
-    if target_engine:
-        report["transfer"] = _transfer(target_engine, data, crop, cache, workers, sets,
-                                       images, seed, progress)
+    if verifiers:
+        report["transfer"] = _transfer_matrix(
+            verifiers, engine_spec, report, data, crop, cache, workers, sets, images,
+            vectors, refined_faces, seed, progress)
     report.update({"model": str(model_path), "data": str(data), "split": sets.split,
                    "seconds": time.perf_counter() - started})
     (out_path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -272,6 +284,7 @@ def _refinement(engine, sets: EvaluationSets, model_path: pathlib.Path, metadata
         refined_images = np.stack([result.image for result in results])
         refined_vectors = np.stack([result.vector for result in results])
         faces = {"budget": budget, "rows": rows, "images": refined_images,
+                 "vectors": refined_vectors,
                  "trajectories": [result.trajectory for result in results],
                  "feed_forward_cosines": np.sum(vectors[rows] * templates, axis=1),
                  "cosines": np.sum(refined_vectors * templates, axis=1)}
@@ -341,6 +354,12 @@ def _score_engine(engine, sets: EvaluationSets, generator, metadata: dict, seed:
                                          attack_vectors[name], thresholds, seed)
                     for name in ATTACKS},
         "score_samples": _score_samples(scores, impostor, seed),
+        # Point rates at every FMR the impostor pairs support (the tables hold the intervals).
+        "sar_curve": metrics.sar_curve(impostor, {
+            "reconstruction_type1": scores["reconstruction"]["type1"],
+            "reconstruction_type2": scores["reconstruction"]["type2"],
+            "nearest_neighbour_type1": scores["nearest_neighbour"]["type1"],
+            "real_photos_type2": scores["real_photos"]["type2"]}),
     }
     return report, images, vectors, nn_index, thresholds
 
@@ -378,27 +397,99 @@ def _realism(images: np.ndarray, probes: pipeline.Faces, vectors: np.ndarray,
     return result
 
 
-def _transfer(target_spec: str, data: str, crop: CropSpec, cache: pathlib.Path, workers: int,
-              sets: EvaluationSets, images: np.ndarray, seed: int, progress: bool) -> dict:
-    """The same reconstructions scored by another engine, at that engine's thresholds."""
-    target = get_engine(target_spec)
+def parse_engine_list(target_engine: str | typing.Sequence[str] | None) -> list[str]:
+    """``"sface,dlib"`` (or a sequence) as a list of engine specs, each once, in order."""
+    if not target_engine:
+        return []
+    specs = target_engine.split(",") if isinstance(target_engine, str) else target_engine
+    verifiers: list[str] = []
+    for spec in specs:
+        spec = str(spec).strip()
+        if not spec:
+            raise EvaluationError(f"target_engine={target_engine!r} has an empty engine name")
+        if spec not in verifiers:
+            verifiers.append(spec)
+    return verifiers
+
+
+def _transfer_matrix(verifiers: list[str], engine_spec: str, report: dict, data: str,
+                     crop: CropSpec, cache: pathlib.Path, workers: int, sets: EvaluationSets,
+                     images: np.ndarray, vectors: np.ndarray, refined_faces: dict | None,
+                     seed: int, progress: bool) -> dict:
+    """Every verifying engine's scores of the same reconstructions, at its own thresholds.
+
+    Rows are the attacks (feed-forward on every probe photo; with refinement, feed-forward
+    and refined on the refined templates), columns the verifying engines. The model's own
+    engine reuses this run's vectors and thresholds, so its column equals the attack tables.
+    """
+    columns, thresholds_by_engine, scored = {}, {}, {}
+    attacked = report["engine"]
+    for spec in verifiers:
+        if spec in (engine_spec, attacked):
+            name = attacked
+            thresholds = {float(fmr): entry["cosine"] for fmr, entry in
+                          report["thresholds"].items()}
+            probe_vectors, kept = sets.probes.embeddings, np.ones(len(sets.probes), bool)
+            attack = {"feed-forward": vectors}
+            if refined_faces is not None:
+                attack["refined"] = refined_faces["vectors"]
+            thresholds_json = report["thresholds"]
+        else:
+            name, thresholds_json, thresholds, probe_vectors, kept, attack = _verify_with(
+                spec, data, crop, cache, workers, sets, images, refined_faces, progress)
+        labels = sets.probes.labels[kept]
+        cells = {"feed-forward": attack_summary(
+            attack_scores(attack["feed-forward"], probe_vectors, labels), probe_vectors,
+            labels, attack["feed-forward"], thresholds, seed)}
+        if refined_faces is not None:
+            # Templates whose photo this engine also embedded, as rows of its kept probes.
+            position = np.cumsum(kept) - 1
+            template_kept = kept[refined_faces["rows"]]
+            rows = position[refined_faces["rows"][template_kept]]
+            for key, values in (("feed-forward, refined templates",
+                                 attack["feed-forward"][rows]),
+                                (f"refined (<= {refined_faces['budget']} queries)",
+                                 attack["refined"][template_kept])):
+                cells[key] = refined.summarise(
+                    refined.template_scores(values, rows, probe_vectors, labels),
+                    thresholds, seed)
+        columns[name] = cells
+        thresholds_by_engine[name] = thresholds_json
+        scored[name] = {"probes_scored": int(kept.sum()),
+                        "probes_missing": int((~kept).sum())}
+    rows = {key: {name: cells[key] for name, cells in columns.items()}
+            for key in next(iter(columns.values()))}
+    return {"attacked_engine": attacked, "engines": list(columns),
+            "thresholds": thresholds_by_engine, "probes": scored, "rows": rows,
+            "note": "each column at its own engine's thresholds, from its own impostor pairs "
+                    "on the same photos; type II against the person's other photos as that "
+                    "engine embeds them"}
+
+
+def _verify_with(spec: str, data: str, crop: CropSpec, cache: pathlib.Path, workers: int,
+                 sets: EvaluationSets, images: np.ndarray, refined_faces: dict | None,
+                 progress: bool):
+    """One verifying engine: its thresholds, its vectors of the probes, of the attacks."""
+    target = get_engine(spec)
     try:
-        faces = _load(data, target_spec, target.name, crop, cache, workers, progress)
+        faces = _load(data, spec, target.name, crop, cache, workers, progress)
         _, impostor = metrics.pair_scores(faces.embeddings, faces.labels)
         thresholds = metrics.thresholds_at_fmrs(impostor)
+        if not thresholds:
+            raise EvaluationError(f"{len(impostor)} impostor pairs of {target.name} support "
+                                  "no FMR threshold: evaluate on more photos")
         row_of_hash = {value: row for row, value in enumerate(faces.hashes)}
         rows = [row_of_hash.get(value) for value in sets.probes.hashes]
         kept = np.array([row is not None for row in rows])
         probe_vectors = faces.embeddings[[row for row in rows if row is not None]]
-        labels = sets.probes.labels[kept]
-        vectors = embed_in_batches(target, images[kept], _BATCH, progress,
-                                   f"embed with {target.name}")
-        scores = attack_scores(vectors, probe_vectors, labels)
-        return {"engine": target.name, "thresholds": thresholds_as_json(thresholds),
-                "probes_scored": int(kept.sum()),
-                "probes_missing_for_target": int((~kept).sum()),
-                "reconstruction": attack_summary(scores, probe_vectors, labels, vectors,
-                                                 thresholds, seed)}
+        attack = {"feed-forward": embed_in_batches(target, images[kept], _BATCH, progress,
+                                                   f"embed with {target.name}")}
+        if refined_faces is not None:
+            attack["refined"] = embed_in_batches(
+                target, refined_faces["images"][kept[refined_faces["rows"]]], _BATCH,
+                progress, f"embed refined faces with {target.name}")
+        return (target.name, thresholds_as_json(thresholds), thresholds, probe_vectors, kept,
+                attack)
     finally:
         target.close()
 
@@ -441,12 +532,7 @@ def markdown_report(report: dict) -> str:
               "type I is the photo against itself; type II is the engine's genuine pairs.", ""]
     lines += _attack_table(report["attacks"], fmrs)
     if "transfer" in report:
-        transfer = report["transfer"]
-        lines += ["", f"## Transfer to `{transfer['engine']}`", "",
-                  f"{transfer['probes_scored']} probes; thresholds of `{transfer['engine']}` "
-                  "on the same photos.", ""]
-        lines += _attack_table({"reconstruction": transfer["reconstruction"]},
-                               list(transfer["thresholds"]))
+        lines += transfer_table(report["transfer"])
     if "refinement" in report:
         lines += refinement_table(report["refinement"], fmrs)
     realism_report = report["realism"]
@@ -471,6 +557,28 @@ def markdown_report(report: dict) -> str:
         lines += ["", f"FID {inception['fid']:.2f}, KID {inception['kid_mean']:.4f} ± "
                       f"{inception['kid_std']:.4f} (Keras InceptionV3)"]
     return "\n".join(lines) + "\n"
+
+
+def transfer_table(transfer: dict) -> list[str]:
+    """The markdown lines of the transfer matrix: attacks down, verifying engines across."""
+    engines = transfer["engines"]
+    fmrs = [fmr for fmr in transfer["thresholds"][engines[0]]
+            if all(fmr in transfer["thresholds"][name] for name in engines)]
+    lines = ["", f"## Transfer matrix (attacked engine `{transfer['attacked_engine']}`)", "",
+             "SAR type I / type II with 95 % intervals; " + transfer["note"] + ".", "",
+             "| verifying engine | FMR | threshold | probes |", "| --- | --- | --- | --- |"]
+    for name in engines:
+        for fmr in fmrs:
+            lines.append(f"| {name} | {fmr} | {transfer['thresholds'][name][fmr]['cosine']:.4f} "
+                         f"| {transfer['probes'][name]['probes_scored']} |")
+    header = ["attack"] + [f"{name} SAR {kind} @{fmr}" for name in engines for fmr in fmrs
+                           for kind in ("I", "II")]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for attack, cells in transfer["rows"].items():
+        row = [attack] + [_percent(cells[name]["sar"][fmr][kind]) for name in engines
+                          for fmr in fmrs for kind in ("type1", "type2")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def refinement_table(block: dict, fmrs: list[str]) -> list[str]:
