@@ -55,3 +55,44 @@ def test_the_astronaut_aligns_to_the_model_crop():
     crop, faces = inputs.align_photo(inputs.load_photo("skimage:astronaut"), METADATA,
                                      "astronaut")
     assert faces == 1 and crop.shape == (150, 150, 3) and crop.dtype == np.uint8
+
+
+def _write_templates(root, vectors_by_identity):
+    for identity, vectors in vectors_by_identity.items():
+        (root / identity).mkdir(parents=True)
+        for index, vector in enumerate(vectors):
+            np.save(root / identity / f"{index}.npy", np.asarray(vector, np.float32))
+
+
+def test_a_template_folder_loads_as_unit_vectors_by_identity(tmp_path):
+    _write_templates(tmp_path / "t", {"bob": [[2, 0, 0, 0], [0, 3, 0, 0]], "al": [[0, 0, 0, 5]]})
+    (tmp_path / "t" / "al" / "extra.json").write_text(
+        json.dumps({"embedding": [0, 0, 1, 1], "engine": "dlib"}))
+    assert inputs.is_template_folder(tmp_path / "t")
+    faces = inputs.load_template_folder(tmp_path / "t", METADATA)
+    assert faces.identity_names.tolist() == ["al", "bob"]
+    np.testing.assert_array_equal(faces.labels, [0, 0, 1, 1])  # al/0, al/extra, bob/0, bob/1
+    np.testing.assert_allclose(faces.embeddings, [[0, 0, 0, 1], [0, 0, 2 ** -0.5, 2 ** -0.5],
+                                                  [1, 0, 0, 0], [0, 1, 0, 0]], atol=1e-7)
+    assert faces.crops.shape == (4, 0, 0, 3) and len(faces) == 4
+    assert len(set(faces.hashes.tolist())) == 4
+
+
+def test_a_template_folder_names_the_file_it_cannot_use(tmp_path):
+    _write_templates(tmp_path / "t", {"bob": [[1, 0, 0, 0]]})
+    (tmp_path / "t" / "bob" / "photo.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(inputs.InputError, match="photo.jpg is not a template"):
+        inputs.load_template_folder(tmp_path / "t", METADATA)
+    (tmp_path / "t" / "bob" / "photo.jpg").unlink()
+    (tmp_path / "t" / "bob" / "sface.json").write_text(
+        json.dumps({"embedding": [1, 0, 0, 0], "engine": "sface"}))
+    with pytest.raises(inputs.InputError, match="sface.json holds a vector of engine 'sface'"):
+        inputs.load_template_folder(tmp_path / "t", METADATA)
+    (tmp_path / "t" / "bob" / "sface.json").unlink()
+    np.save(tmp_path / "t" / "bob" / "nan.npy", np.array([np.nan, 0, 0, 1], np.float32))
+    with pytest.raises(inputs.InputError, match="nan.npy"):
+        inputs.load_template_folder(tmp_path / "t", METADATA)
+    (tmp_path / "photos" / "bob").mkdir(parents=True)
+    (tmp_path / "photos" / "bob" / "a.jpg").write_bytes(b"\xff\xd8")
+    assert not inputs.is_template_folder(tmp_path / "photos")
+    assert not inputs.is_template_folder(tmp_path / "missing")

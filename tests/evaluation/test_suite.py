@@ -224,3 +224,39 @@ def test_binary_runs_with_both_detectors(smoke_export, real_faces_folder, real_f
     assert report["probe_identities"] == 10
     assert set(report["realism"]["detection"]) == {"dlib", "mtcnn"}
     assert "SAR I @0.001" in result.stdout
+
+
+def test_templates_score_as_the_photos_they_came_from(smoke_export, real_faces_folder,
+                                                      real_faces_cache, real_faces, tmp_path):
+    """A folder of the photos' own dlib templates gives the photos' thresholds and rates."""
+    from vec2face_tf.evaluation import audit
+
+    templates = tmp_path / "templates"
+    for row, (label, digest) in enumerate(zip(real_faces.labels, real_faces.hashes,
+                                              strict=True)):
+        folder = templates / real_faces.identity_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{digest}.npy", real_faces.embeddings[row])
+    common = dict(detectors=("dlib",), progress=False, workers=0, max_probe_identities=8)
+    photos = suite.evaluate(smoke_export.path, str(real_faces_folder), tmp_path / "photos",
+                            cache_dir=real_faces_cache, **common)
+    vectors = suite.evaluate(smoke_export.path, str(templates), tmp_path / "vectors", **common)
+    assert vectors["data_kind"] == "templates" and photos["data_kind"] == "photos"
+    assert vectors["probe_identity_names"] == photos["probe_identity_names"]
+    for fmr, entry in photos["thresholds"].items():
+        assert vectors["thresholds"][fmr]["cosine"] == pytest.approx(entry["cosine"], abs=1e-6)
+        for kind in ("type1", "type2"):
+            assert vectors["attacks"]["reconstruction"]["sar"][fmr][kind]["rate"] == (
+                pytest.approx(photos["attacks"]["reconstruction"]["sar"][fmr][kind]["rate"],
+                              abs=0.02))
+    assert "unavailable" in vectors["realism"]
+    assert (tmp_path / "vectors" / "grid.png").read_bytes().startswith(b"\x89PNG")
+    assert "templates" in (tmp_path / "vectors" / "report.md").read_text()
+
+    # Other engines need the photos: a named error before any work; the audit leaves them out.
+    with pytest.raises(suite.EvaluationError, match="holds templates, not photos: sface"):
+        suite.evaluate(smoke_export.path, str(templates), tmp_path / "x", target_engine="sface",
+                       progress=False)
+    page = audit.audit(smoke_export.path, str(templates), tmp_path / "audit", queries="0",
+                       max_identities=4, workers=0, progress=False).read_text()
+    assert "Not measured: the data are templates" in page

@@ -247,3 +247,49 @@ def align_photo(photo: np.ndarray, metadata: dict, source: str) -> tuple[np.ndar
     if result.reason == NO_FACE:
         raise InputError(f"no face found in {source}")
     return result.crop, result.num_faces
+
+
+def is_template_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is ``<identity>/<template>.npy|.json`` (templates, no photos)."""
+    path = pathlib.Path(folder)
+    if not path.is_dir():
+        return False
+    files = [item for item in path.glob("*/*") if item.is_file() and
+             not item.name.startswith(".")]
+    return bool(files) and any(item.suffix.lower() in VECTOR_SUFFIXES for item in files)
+
+
+def load_template_folder(folder: str | os.PathLike, metadata: dict):
+    """Every template of ``<identity>/<template>.npy|.json`` as ``pipeline.Faces``.
+
+    The faces hold no photos (``crops`` is uint8[N, 0, 0, 3]); embeddings are the templates
+    scaled to unit length, as engines give them; hashes are the files' SHA-256.
+
+    Raises:
+      InputError: for a file that is not a template (a photo among templates, say), or a
+        template that ``load_vector`` refuses (another engine's, the wrong size, NaN...):
+        the file is named, and nothing is skipped silently.
+    """
+    import hashlib
+
+    from vec2face_tf.data.pipeline import Faces
+
+    path = pathlib.Path(folder)
+    vectors, identities, hashes = [], [], []
+    for item in sorted(path.glob("*/*")):
+        if not item.is_file() or item.name.startswith("."):
+            continue
+        if item.suffix.lower() not in VECTOR_SUFFIXES:
+            raise InputError(f"{item} is not a template (.npy or .json): a template folder "
+                              "holds templates only; give photos and templates as two folders")
+        vector = load_vector(item, metadata)
+        vectors.append(vector / np.linalg.norm(vector))
+        identities.append(item.parent.name)
+        hashes.append(hashlib.sha256(item.read_bytes()).hexdigest())
+    if not vectors:
+        raise InputError(f"{path} holds no <identity>/<template>.npy|.json files")
+    names, labels = np.unique(np.array(identities), return_inverse=True)
+    return Faces(crops=np.zeros((len(vectors), 0, 0, 3), np.uint8),
+                 embeddings=np.stack(vectors).astype(np.float32),
+                 labels=labels.astype(np.int32), identity_names=names,
+                 hashes=np.array(hashes))

@@ -42,7 +42,9 @@ def audit(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
 
     Args:
       model: an exported generator (version folder or model base).
-      data: photos, ``<identity>/<image>`` (at least two photos for some identities).
+      data: photos, ``<identity>/<image>`` (at least two photos for some identities), or
+        templates of the model's engine, ``<identity>/<template>.npy|.json`` (then only the
+        model's engine verifies: other engines need the photos, and the page says so).
       out_dir: the audit folder; the evaluation's own files go to ``<out_dir>/evaluation``.
       target_engine: engines that verify the reconstructions (the transfer matrix); the
         model's own engine is added when missing. None or "" for the model's engine alone.
@@ -65,9 +67,13 @@ def audit(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
 
     if max_identities < 0:
         raise AuditError(f"max_identities={max_identities} must be >= 0")
+    from vec2face_tf.data import inputs
+
     metadata = savedmodel.read_metadata(savedmodel.resolve_version_dir(model))
     verifiers = suite.parse_engine_list(target_engine)
-    if metadata["engine"] not in verifiers:
+    if inputs.is_template_folder(data):
+        verifiers = []  # only the model's engine can score faces against its templates
+    elif metadata["engine"] not in verifiers:
         verifiers.insert(0, metadata["engine"])
     out_path = pathlib.Path(out_dir)
     evaluation_dir = out_path / "evaluation"
@@ -259,15 +265,24 @@ def render_html(report: dict, evaluation_dir: str | os.PathLike) -> str:
                          [f"SAR {kind} @{fmr}" for fmr in fmrs for kind in ("I", "II")],
                          query_rows)]
 
+    templates_only = report.get("data_kind") == "templates"
     if "transfer" in report:
         parts += _transfer_section(report["transfer"])
+    elif templates_only:
+        parts += ["<h2>Transfer matrix</h2>",
+                  "<p>Not measured: the data are templates of the attacked engine, and "
+                  "another engine can only verify a face against its own vectors of the "
+                  "person's photos. Audit a folder of photos for the transfer matrix.</p>"]
 
     parts += ["<h2>Faces</h2>",
-              "<p>Real photo | reconstruction | nearest training face, with each face's "
-              f"{html.escape(engine)} cosine to the real photo's template.</p>",
-              _img(_image_uri(folder / "grid.png"), "real | reconstruction | nearest")]
+              "<p>" + ("Reconstructions, with each face's cosine to its template (a template "
+                       "folder has no photos to show beside them)." if templates_only else
+                       "Real photo | reconstruction | nearest training face, with each face's "
+                       f"{html.escape(engine)} cosine to the real photo's template.") + "</p>",
+              _img(_image_uri(folder / "grid.png"), "faces")]
     if (folder / "refinement_grid.png").exists():
-        parts += ["<p>Real photo | feed-forward | refined.</p>",
+        parts += ["<p>" + ("" if templates_only else "Real photo | ") +
+                  "feed-forward | refined.</p>",
                   _img(_image_uri(folder / "refinement_grid.png"),
                        "real | feed-forward | refined")]
     parts += ["<p>Score distributions of the same run.</p>",

@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 
 from vec2face_tf.config import CropSpec
-from vec2face_tf.data import pipeline, prepare
+from vec2face_tf.data import inputs, pipeline, prepare
 from vec2face_tf.engines import get_engine
 from vec2face_tf.evaluation import metrics, realism, refined
 from vec2face_tf.evaluation.reconstruction import attack_scores, embed_in_batches, neighbour_grid
@@ -157,7 +157,10 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
 
     Args:
       model: an exported SavedModel (a version folder or a model base: the latest version).
-      data: photos (a folder ``<identity>/<image>``, or ``tfds:lfw``...).
+      data: photos (a folder ``<identity>/<image>``, or ``tfds:lfw``...), or templates of
+        the model's engine (``<identity>/<template>.npy|.json``): thresholds then come from
+        the templates' own impostor pairs, and whatever needs photos (realism against real
+        photos, real faces in the grids, other engines) is left out and says so.
       out_dir: where the report goes.
       engine_spec: the engine (default, and it must match: the model's, from vec2face.json).
       target_engine: engines that verify the same reconstructions (the transfer matrix), a
@@ -195,6 +198,13 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
         raise EvaluationError(f"the model inverts {metadata['engine']} vectors, not "
                               f"{engine_spec}; use --engine={metadata['engine']}")
     engine_spec = engine_spec or metadata["engine"]
+    templates_only = inputs.is_template_folder(data)
+    needs_photos = [spec for spec in verifiers if spec not in (engine_spec, metadata["engine"])]
+    if templates_only and needs_photos:
+        raise EvaluationError(
+            f"{data} holds templates, not photos: {', '.join(needs_photos)} cannot score the "
+            f"faces against {metadata['engine']} templates (another engine needs the photos "
+            "to embed); leave them out of --target_engine")
     # Every verifying engine is built once up front: a missing one fails before any work.
     for spec in verifiers:
         if spec != engine_spec:
@@ -208,12 +218,21 @@ def evaluate(model: str | os.PathLike, data: str, out_dir: str | os.PathLike,
         if engine.name != metadata["engine"]:
             raise EvaluationError(f"the model inverts {metadata['engine']} vectors, not "
                                   f"{engine.name}; use --engine={metadata['engine']}")
-        faces = _load(data, engine_spec, engine.name, crop, cache, workers, progress)
+        if templates_only:
+            try:
+                faces = inputs.load_template_folder(data, metadata)
+            except inputs.InputError as error:
+                raise EvaluationError(str(error)) from None
+        else:
+            faces = _load(data, engine_spec, engine.name, crop, cache, workers, progress)
         sets = split_faces(faces, metadata.get("train_identities"), max_probe_identities,
                            seed)
         report, images, vectors, nn_index, thresholds = _score_engine(
             engine, sets, SavedModelGenerator(model_path), metadata, seed, progress)
-        report["realism"] = _realism(images, sets.probes, vectors, detectors, fid)
+        report["data_kind"] = "templates" if templates_only else "photos"
+        report["realism"] = (_template_realism(images, sets.probes, vectors, detectors)
+                             if templates_only else
+                             _realism(images, sets.probes, vectors, detectors, fid))
         refined_faces = None
         if budgets:
             report["refinement"], refined_faces = _refinement(
@@ -311,13 +330,16 @@ def _write_refinement_pictures(out_path: pathlib.Path, sets: EvaluationSets,
 
     rows = faces["rows"][:count]
     size = images.shape[1]
-    real = realism.resize_uint8(sets.probes.crops[rows], size)
     threshold = report["thresholds"].get(f"{GRID_FMR:g}", {}).get("cosine")
-    grid = comparison_grid(
-        np.stack([real, images[rows], faces["images"][:count]], axis=1),
-        np.column_stack([np.ones(len(rows)), faces["feed_forward_cosines"][:count],
-                         faces["cosines"][:count]]),
-        ["real photo", "feed-forward", f"refined (<= {faces['budget']} queries)"], threshold)
+    columns = [images[rows], faces["images"][:count]]
+    cosines = [faces["feed_forward_cosines"][:count], faces["cosines"][:count]]
+    titles = ["feed-forward", f"refined (<= {faces['budget']} queries)"]
+    if sets.probes.crops.size:  # templates have no photo to show
+        columns.insert(0, realism.resize_uint8(sets.probes.crops[rows], size))
+        cosines.insert(0, np.ones(len(rows)))
+        titles.insert(0, "real photo")
+    grid = comparison_grid(np.stack(columns, axis=1), np.column_stack(cosines), titles,
+                           threshold)
     tf.io.write_file(str(out_path / "refinement_grid.png"), tf.io.encode_png(grid))
     plots.write_trajectory_plot(
         out_path / "refinement.png", faces["trajectories"], {"fmr": report["thresholds"]},
@@ -410,6 +432,18 @@ def parse_engine_list(target_engine: str | typing.Sequence[str] | None) -> list[
         if spec not in verifiers:
             verifiers.append(spec)
     return verifiers
+
+
+def _template_realism(images: np.ndarray, probes: pipeline.Faces, vectors: np.ndarray,
+                      detectors: tuple[str, ...]) -> dict:
+    """What realism a template folder allows: no photo to compare the faces with."""
+    no_photos = {"unavailable": "templates only, no photos"}
+    return {"unavailable": "the data are templates: sharpness, contrast and SSIM against "
+                           "real photos need the photos",
+            "engine_frechet_distance": realism.engine_frechet_distance(vectors,
+                                                                       probes.embeddings),
+            "detection": {detector: {"reconstructions": realism.face_detection_rate(
+                images, detector), "real_photos": no_photos} for detector in detectors}}
 
 
 def _transfer_matrix(verifiers: list[str], engine_spec: str, report: dict, data: str,
@@ -536,8 +570,10 @@ def markdown_report(report: dict) -> str:
     if "refinement" in report:
         lines += refinement_table(report["refinement"], fmrs)
     realism_report = report["realism"]
-    lines += ["", "## Realism", "",
-              f"Engine-vector Fréchet distance, reconstructions vs real probe photos: "
+    lines += ["", "## Realism", ""]
+    if "unavailable" in realism_report:
+        lines += [realism_report["unavailable"] + ".", ""]
+    lines += [f"Engine-vector Fréchet distance, reconstructions vs the probes' templates: "
               f"{realism_report['engine_frechet_distance']:.4f}", ""]
     if "sharpness_ratio" in realism_report:
         lines += [f"Against the real probe crops at the same resolution: sharpness (Laplacian "
@@ -626,6 +662,14 @@ def _write_grid(path: pathlib.Path, sets: EvaluationSets, images: np.ndarray,
     _, first = np.unique(probes.labels, return_index=True)
     rows = np.sort(first)[:count]
     size = images.shape[1]
+    threshold = report["thresholds"].get(f"{GRID_FMR:g}", {}).get("cosine")
+    if not probes.crops.size:  # templates: no photo to show beside the face
+        from vec2face_tf.evaluation.reconstruction import comparison_grid
+
+        cosines = np.sum(vectors[rows] * probes.embeddings[rows], axis=1, keepdims=True)
+        grid = comparison_grid(images[rows][:, None], cosines, ["reconstruction"], threshold)
+        tf.io.write_file(str(path), tf.io.encode_png(grid))
+        return
     grid = neighbour_grid(realism.resize_uint8(probes.crops[rows], size), images[rows],
                           realism.resize_uint8(gallery.crops[nn_index[rows]], size),
                           probes.embeddings[rows], vectors[rows],
