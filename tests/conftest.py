@@ -47,6 +47,41 @@ def pytest_make_collect_report(collector):
     _fail_missing_dependency(outcome.get_result())
 
 
+# scripts/test.sh sets this after `bazel test //:fast_tests` passed: pytest then leaves out the
+# fast tests Bazel just ran, so the test command runs every test once.
+BAZEL_RAN_FAST_TESTS = "VEC2FACE_BAZEL_RAN_FAST_TESTS"
+
+
+def files_bazel_leaves_to_pytest(build_file: pathlib.Path = REPO_ROOT / "BUILD") -> set[str]:
+    """The test files of BUILD's ``PYTEST_ONLY`` list: those Bazel's fast tests leave out."""
+    import re
+
+    block = re.search(r"^PYTEST_ONLY = \[(.*?)\]", build_file.read_text(), re.S | re.M)
+    if block is None:
+        raise RuntimeError(f"{build_file} has no PYTEST_ONLY list")
+    return set(re.findall(r'"([^"]+\.py)"', block.group(1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    # A copy of this conftest outside the repository (tests/test_ci_skips.py) has no BUILD.
+    if os.environ.get(BAZEL_RAN_FAST_TESTS) != "1" or not (REPO_ROOT / "BUILD").is_file():
+        return
+    only_here = files_bazel_leaves_to_pytest()
+    kept, ran_under_bazel = [], []
+    for item in items:
+        path = pathlib.Path(str(item.path)).resolve()
+        relative = path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(
+            REPO_ROOT) else None
+        fast = not (item.get_closest_marker("slow") or item.get_closest_marker("fault"))
+        if fast and relative and relative.startswith("tests/") and relative not in only_here:
+            ran_under_bazel.append(item)
+        else:
+            kept.append(item)
+    if ran_under_bazel:
+        config.hook.pytest_deselected(items=ran_under_bazel)
+        items[:] = kept
+
+
 def faces_dev_path() -> pathlib.Path:
     return pathlib.Path(os.environ.get("VEC2FACE_FACES_DEV", DEFAULT_FACES_DEV))
 

@@ -82,6 +82,7 @@ def test_the_report_holds_the_evaluations_figures(smoke_audit):
     assert embedded["attacks"] == report["attacks"]
 
 
+@pytest.mark.slow  # a browser, and outside Bazel's sandbox
 def test_headless_chromium_renders_every_picture_and_the_numbers(smoke_audit, tmp_path):
     path, report = smoke_audit
     dom, shot = _render(path, tmp_path)
