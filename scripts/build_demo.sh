@@ -56,9 +56,9 @@ trap 'rm -rf "$work"' EXIT
 
 "$bin/vec2face-export" --model_dir="$model_dir" --export_base="$work/exports" \
   --model_name=demo --format=savedmodel
-# Transfer: the same faces scored by SFace, an engine the model never trained against, at its
-# own thresholds on the same photos (TARGET_ENGINE= for none).
-target=${TARGET_ENGINE-sface}
+# The transfer matrix: the same faces scored by SFace (an engine the model never trained
+# against) and dlib, each at its own thresholds on the same photos (TARGET_ENGINE= for none).
+target=${TARGET_ENGINE-sface,dlib}
 "$bin/vec2face-eval" --model="$work/exports/demo/1" --data="$data" --cache_dir="$cache_dir" \
   --out="$work/eval" ${target:+--target_engine="$target"}
 

@@ -2,10 +2,13 @@ r"""Measures how much identity an exported generator recovers from an engine's t
 
   vec2face-eval --model=exports/vec2face/1 --data=/path/to/faces --engine=dlib --out=eval/
   vec2face-eval --data=../shared/data/faces-dev --out=eval/demo     # the bundled demo model
-  vec2face-eval --model=exports/vec2face --data=tfds:lfw --out=eval/lfw \
-    --target_engine=deepface:Dlib
+  vec2face-eval --data=../shared/data/faces-dev --out=eval/demo --target_engine=sface,dlib
+  vec2face-eval --model=exports/vec2face --data=templates/ --out=eval/templates
 
 Writes report.json, report.md, grid.png and scores.png into --out (DESIGN §4 protocol).
+--data is photos (<identity>/<image>) or the model engine's templates
+(<identity>/<template>.npy|.json; thresholds from their own impostor pairs). --target_engine
+adds the transfer matrix: every listed engine scores the same faces at its own thresholds.
 With --queries=0,25,50,100,200 it adds a row per budget of query refinement (one template per
 probe identity; keep it affordable with --max_probe_identities), refinement_grid.png and
 refinement.png.
@@ -19,8 +22,9 @@ _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel (version folder
                              "default: the bundled demo model).")
 _DATA = flags.DEFINE_string("data", None, "Folder <identity>/<image>, or tfds:lfw / tfds:celeb_a.")
 _ENGINE = flags.DEFINE_string("engine", None, "Engine (default and required: the model's).")
-_TARGET_ENGINE = flags.DEFINE_string("target_engine", None, "Also score the reconstructions "
-                                     "with this engine (transfer).")
+_TARGET_ENGINE = flags.DEFINE_string("target_engine", None, "Engines that also score the same "
+                                     "faces, each at its own thresholds (the transfer matrix), "
+                                     "e.g. sface,dlib.")
 _OUT = flags.DEFINE_string("out", None, "Report folder.")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Embedding cache (default <out>/cache).")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes that align and embed.", lower_bound=0)
