@@ -106,6 +106,11 @@ def test_bad_input_is_named_and_writes_nothing(smoke_export, real_faces_folder, 
         audit.audit(smoke_export.path, str(real_faces_folder), tmp_path / "a",
                     target_engine="nope", progress=False)
     assert not (tmp_path / "a" / "report.html").exists()
+    # An engine whose weights cannot be found is named before any work.
+    with pytest.raises(EngineError, match="missing.onnx"):
+        audit.audit(smoke_export.path, str(real_faces_folder), tmp_path / "m",
+                    target_engine=f"onnx:{tmp_path / 'missing.onnx'}", progress=False)
+    assert not (tmp_path / "m").exists()
     with pytest.raises(audit.AuditError, match="max_identities=-1"):
         audit.audit(smoke_export.path, str(real_faces_folder), tmp_path / "b",
                     max_identities=-1, progress=False)
