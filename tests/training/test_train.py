@@ -40,6 +40,7 @@ def _run_binary(*flags, timeout=120):
     (["--extra_data=/nonexistent/faces"], "/nonexistent/faces"),
     (["--student_from=/tmp", "--student_init_from=/tmp"], "give one of them"),
     (["--student_init_from=/nonexistent/student"], "--student_init_from=/nonexistent/student"),
+    (["--config=train.time_budget_minutes=-1"], "train.time_budget_minutes=-1.0 must be >= 0"),
 ])
 def test_bad_flags_fail_before_any_work(small_faces, tmp_path, flags, message):
     model_dir = tmp_path / "run"
@@ -402,3 +403,27 @@ def test_a_checkpoint_without_refresh_state_restores_the_networks(tmp_path, capl
         np.testing.assert_array_equal(variable.numpy(), value)
     assert refresh.queries == 0 and len(refresh.buffer) == 0
     assert "holds no student-refresh state" in caplog.text
+
+
+def test_a_time_budget_stops_stage_2_at_a_checkpoint_and_stays_spent(small_faces, tmp_path):
+    """train.time_budget_minutes: equal-time runs. A tiny budget ends stage 2 at its first
+    checkpoint; a rerun of the same run adds no step."""
+    from vec2face_tf.export import savedmodel
+
+    config = config_lib.get_config("smoke", ["train.time_budget_minutes=0.0001",
+                                             "train.stage2_steps=8"])
+    run = tmp_path / "run"
+    trainer.train(config, str(small_faces), str(run), workers=0, verbose=0)
+    spent = json.loads((run / "logs" / "stage2" / "time_budget.json").read_text())
+    assert spent["budget"] == 0.0001 and spent["minutes"] >= 0.0001
+    every = config.train.checkpoint_every
+    generator, _ = savedmodel.load_run(run)
+    first = generator(np.ones((1, 128), np.float32))
+    steps = [int(path.stem.split("-")[1]) for path in (run / "checkpoints").glob("ckpt-*.index")]
+    stage2_offset = config.train.student_steps + config.train.stage1_steps + 1
+    assert max(steps) == stage2_offset + every  # one epoch of 8 / every, then the budget
+    trainer.train(config, str(small_faces), str(run), workers=0, verbose=0)
+    again = [int(path.stem.split("-")[1]) for path in (run / "checkpoints").glob("ckpt-*.index")]
+    assert max(again) == max(steps)
+    np.testing.assert_array_equal(savedmodel.load_run(run)[0](np.ones((1, 128), np.float32)),
+                                  first)

@@ -350,6 +350,52 @@ class MinutesLogger(keras.callbacks.Callback):
         return entry
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stops ``fit`` at the end of an epoch (a checkpoint) once ``minutes`` of it are spent.
+
+    The minutes count across ``fit`` calls and resumes: the total is written to
+    ``state_file`` at every epoch end, and a new ``fit`` (or a resumed run) adds to it. A
+    kill between two epoch ends loses at most that epoch's minutes, as it loses its steps.
+
+    Args:
+      minutes: the budget (> 0).
+      state_file: where the minutes spent are kept (JSON).
+    """
+
+    def __init__(self, minutes: float, state_file: str | pathlib.Path):
+        super().__init__()
+        if not minutes > 0:
+            raise ValueError(f"a time budget must be > 0 minutes, got {minutes}")
+        self.minutes = float(minutes)
+        self.state_file = pathlib.Path(state_file)
+        self._before = self.spent()
+        self._started = time.perf_counter()
+
+    def spent(self) -> float:
+        """Minutes spent so far, as last written."""
+        if not self.state_file.exists():
+            return 0.0
+        return float(json.loads(self.state_file.read_text())["minutes"])
+
+    @property
+    def exhausted(self) -> bool:
+        return self.spent() >= self.minutes
+
+    def on_train_begin(self, logs=None):
+        self._before = self.spent()
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        minutes = self._before + (time.perf_counter() - self._started) / 60.0
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_file.with_suffix(".partial")
+        temporary.write_text(json.dumps({"minutes": round(minutes, 4),
+                                         "budget": self.minutes}) + "\n")
+        temporary.replace(self.state_file)
+        if minutes >= self.minutes:
+            self.model.stop_training = True
+
+
 class StudentAgreementLogger(MinutesLogger):
     """Measures how well the student agrees with the engine, on held-out and training faces.
 

@@ -96,6 +96,9 @@ def validate_config(config: config_lib.Config) -> None:
             config.schedule.regression_steps < 0 or config.schedule.regression_steps % every):
         raise TrainingError(f"schedule.regression_steps={config.schedule.regression_steps} "
                             f"must be a non-negative multiple of train.checkpoint_every={every}")
+    if not config.train.time_budget_minutes >= 0:  # NaN fails too
+        raise TrainingError(f"train.time_budget_minutes={config.train.time_budget_minutes} "
+                            "must be >= 0 (0: no budget)")
     if config.train.precision not in dibigan.PRECISIONS:
         raise TrainingError(f"train.precision={config.train.precision!r}; choose one of "
                             f"{dibigan.PRECISIONS}")
@@ -363,9 +366,17 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     if config.train.monitor_every > 0:
         stage2_callbacks.append(held_out_monitor(config, engine, cache_path, held_out,
                                                  model_path / "logs" / "stage2"))
+    budget = None
+    if config.train.time_budget_minutes > 0:
+        budget = callbacks_lib.TimeBudget(config.train.time_budget_minutes,
+                                          model_path / "logs" / "stage2" / "time_budget.json")
+        stage2_callbacks.append(budget)
     regression_steps = regression_phase_steps(config)
     stage2_history: dict = {}
-    if int(gan.g_optimizer.iterations.numpy()) < regression_steps:
+    if budget and budget.exhausted:
+        logging.info("stage 2's time budget (%.1f min) is spent: no more steps",
+                     budget.minutes)
+    elif int(gan.g_optimizer.iterations.numpy()) < regression_steps:
         crops, vectors, counts = distillation_faces(
             held_out, cache_path, extra_path if extra_sources else None, config, engine.name)
         logging.info("regression phase: %d faces (%s)", len(crops), counts)
@@ -378,9 +389,12 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
                                    regression_steps, every, verbose, callbacks=stage2_callbacks)
         # The critic's step reads P x K batches of another structure: trace it anew.
         gan.train_function = None
-    critic_history = fit_stage(
+    critic_history = {} if budget and budget.exhausted else fit_stage(
         gan, dataset_from(gan.g_optimizer.iterations), gan.g_optimizer.iterations,
         config.train.stage2_steps, every, verbose, callbacks=stage2_callbacks)
+    if budget and budget.exhausted:
+        logging.info("stage 2 stopped by its time budget at step %d (%.1f of %.1f min)",
+                     int(gan.g_optimizer.iterations.numpy()), budget.spent(), budget.minutes)
     for name, values in critic_history.items():
         stage2_history[name] = stage2_history.get(name, []) + values
     save_checkpoint(manager, stage2_offset + int(gan.g_optimizer.iterations.numpy()))
