@@ -1,11 +1,19 @@
 """The test command runs each test once: after Bazel's fast tests, pytest leaves them out."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
 
-from conftest import BAZEL_RAN_FAST_TESTS, REPO_ROOT, files_bazel_leaves_to_pytest
+# By path: other folders have a conftest.py too, and `import conftest` may find theirs.
+_spec = importlib.util.spec_from_file_location(
+    "vec2face_tests_root_conftest", pathlib.Path(__file__).resolve().parent / "conftest.py")
+_root_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root_conftest)
+BAZEL_RAN_FAST_TESTS = _root_conftest.BAZEL_RAN_FAST_TESTS
+REPO_ROOT = _root_conftest.REPO_ROOT
+files_bazel_leaves_to_pytest = _root_conftest.files_bazel_leaves_to_pytest
 
 
 def test_the_pytest_only_list_is_read_from_build():
