@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vec2face_tf.evaluation import audit, suite
@@ -114,6 +115,19 @@ def test_bad_input_is_named_and_writes_nothing(smoke_export, real_faces_folder, 
     with pytest.raises(audit.AuditError, match="max_identities=-1"):
         audit.audit(smoke_export.path, str(real_faces_folder), tmp_path / "b",
                     max_identities=-1, progress=False)
+    # Photos without a face: named, and no report.
+    from PIL import Image
+
+    for person in ("a", "b"):
+        (tmp_path / "noise" / person).mkdir(parents=True)
+        for index in range(2):
+            pixels = np.random.default_rng(index).integers(0, 255, (96, 96, 3), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "noise" / person / f"{index}.png")
+    with pytest.raises(suite.EvaluationError, match="no face found in any of its 4 photos "
+                                                    r"\(skipped: 4 no_face\)"):
+        audit.audit(smoke_export.path, str(tmp_path / "noise"), tmp_path / "n",
+                    target_engine="", workers=0, progress=False)
+    assert not (tmp_path / "n" / "report.html").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(suite.expected_errors()):
         audit.audit(smoke_export.path, str(tmp_path / "empty"), tmp_path / "c",

@@ -142,6 +142,11 @@ def _load(data: str, engine_spec: str, engine_name: str, crop: CropSpec,
     stats = prepare.prepare(data, engine_spec, cache_dir, crop=crop, workers=workers,
                             progress=progress)
     logging.info("prepared %s for %s: %s", data, engine_spec, stats)
+    if not stats.cache_faces:
+        skipped = ", ".join(f"{count} {reason}" for reason, count in
+                            sorted(stats.cache_skipped.items())) or "none"
+        raise EvaluationError(f"{data}: no face found in any of its {stats.seen} photos "
+                              f"(skipped: {skipped}); give photos of faces")
     return pipeline.load_faces(cache_dir, engine_name, crop)
 
 
