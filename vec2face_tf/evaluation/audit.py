@@ -108,9 +108,8 @@ def percent(rate: float) -> str:
     return f"{100 * rate:.1f} %"
 
 
-def interval(sar: dict) -> str:
-    """A rate with its bootstrap interval, as the page writes it."""
-    return f"{percent(sar['rate'])} [{100 * sar['low']:.1f}, {100 * sar['high']:.1f}]"
+# A rate with its bootstrap interval, written as in report.md.
+interval = suite.sar_text
 
 
 def sar_fmr_figure(report: dict):
@@ -296,8 +295,7 @@ def render_html(report: dict, evaluation_dir: str | os.PathLike) -> str:
 
 def _transfer_section(transfer: dict) -> list[str]:
     engines = transfer["engines"]
-    fmrs = [fmr for fmr in transfer["thresholds"][engines[0]]
-            if all(fmr in transfer["thresholds"][name] for name in engines)]
+    fmrs = suite.transfer_fmrs(transfer)
     header = ["attack"] + [f"{name} SAR {kind} @{fmr}" for name in engines for fmr in fmrs
                            for kind in ("I", "II")]
     rows = [[attack] + [interval(cells[name]["sar"][fmr][kind]) for name in engines

@@ -533,7 +533,8 @@ def _verify_with(spec: str, data: str, crop: CropSpec, cache: pathlib.Path, work
         target.close()
 
 
-def _percent(sar: dict) -> str:
+def sar_text(sar: dict) -> str:
+    """A rate with its bootstrap interval, as reports write it: ``92.1 % [89.4, 94.5]``."""
     return f"{100 * sar['rate']:.1f} % [{100 * sar['low']:.1f}, {100 * sar['high']:.1f}]"
 
 
@@ -547,7 +548,7 @@ def _attack_table(attacks: dict, fmrs: list[str]) -> list[str]:
         cells = [name.replace("_", " "), f"{attack['mean_cosine']:.3f}",
                  f"{attack['median_cosine']:.3f}"]
         for fmr in fmrs:
-            cells += [_percent(attack["sar"][fmr]["type1"]), _percent(attack["sar"][fmr]["type2"])]
+            cells += [sar_text(attack["sar"][fmr]["type1"]), sar_text(attack["sar"][fmr]["type2"])]
         verification = attack["verification"]
         cells.append(f"{100 * verification['mean']:.1f} ± {100 * verification['std']:.1f} %")
         lines.append("| " + " | ".join(cells) + " |")
@@ -600,11 +601,17 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def transfer_fmrs(transfer: dict) -> list[str]:
+    """The FMRs every engine of the transfer matrix has a threshold at, in order."""
+    engines = transfer["engines"]
+    return [fmr for fmr in transfer["thresholds"][engines[0]]
+            if all(fmr in transfer["thresholds"][name] for name in engines)]
+
+
 def transfer_table(transfer: dict) -> list[str]:
     """The markdown lines of the transfer matrix: attacks down, verifying engines across."""
     engines = transfer["engines"]
-    fmrs = [fmr for fmr in transfer["thresholds"][engines[0]]
-            if all(fmr in transfer["thresholds"][name] for name in engines)]
+    fmrs = transfer_fmrs(transfer)
     lines = ["", f"## Transfer matrix (attacked engine `{transfer['attacked_engine']}`)", "",
              "SAR type I / type II with 95 % intervals; " + transfer["note"] + ".", "",
              "| verifying engine | FMR | threshold | probes |", "| --- | --- | --- | --- |"]
@@ -616,7 +623,7 @@ def transfer_table(transfer: dict) -> list[str]:
                            for kind in ("I", "II")]
     lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for attack, cells in transfer["rows"].items():
-        row = [attack] + [_percent(cells[name]["sar"][fmr][kind]) for name in engines
+        row = [attack] + [sar_text(cells[name]["sar"][fmr][kind]) for name in engines
                           for fmr in fmrs for kind in ("type1", "type2")]
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -638,7 +645,7 @@ def refinement_table(block: dict, fmrs: list[str]) -> list[str]:
     for name, row in named:
         cells = [name, f"{row['mean_cosine']:.3f}"]
         for fmr in fmrs:
-            cells += [_percent(row["sar"][fmr]["type1"]), _percent(row["sar"][fmr]["type2"])]
+            cells += [sar_text(row["sar"][fmr]["type1"]), sar_text(row["sar"][fmr]["type2"])]
         cells += [f"{row['mean_queries']:.1f}" if "mean_queries" in row else "0",
                   f"{row['seconds_per_template']:.1f}" if "seconds_per_template" in row
                   else "-"]
