@@ -148,8 +148,9 @@ class TrainConfig:
     # (0: off). It queries the engine, but no loss sees the answers.
     monitor_every: int = 500
     monitor_faces: int = 150
-    # Stage 2 stops at the first checkpoint after this many minutes of its training, counted
-    # across resumes (0: none): runs that differ in speed compared at equal time (ablations).
+    # Training stops at the first checkpoint after this many minutes of stage 1 and stage 2
+    # together (the student stage is outside it), counted across resumes (0: none): runs that
+    # differ in speed or in what they train compared at equal time (ablations).
     time_budget_minutes: float = 0.0
     seed: int = 0  # Initial weights and the refresh's draws; data sampling uses data.seed.
     # "mixed_bfloat16" computes G, D and the student in bfloat16 (the flow stays float32):

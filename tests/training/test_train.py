@@ -411,19 +411,36 @@ def test_a_time_budget_stops_stage_2_at_a_checkpoint_and_stays_spent(small_faces
     from vec2face_tf.export import savedmodel
 
     config = config_lib.get_config("smoke", ["train.time_budget_minutes=0.0001",
-                                             "train.stage2_steps=8"])
+                                             "train.stage1_steps=0", "train.stage2_steps=8"])
     run = tmp_path / "run"
     trainer.train(config, str(small_faces), str(run), workers=0, verbose=0)
-    spent = json.loads((run / "logs" / "stage2" / "time_budget.json").read_text())
+    spent = json.loads((run / "logs" / "time_budget.json").read_text())
     assert spent["budget"] == 0.0001 and spent["minutes"] >= 0.0001
     every = config.train.checkpoint_every
     generator, _ = savedmodel.load_run(run)
     first = generator(np.ones((1, 128), np.float32))
-    steps = [int(path.stem.split("-")[1]) for path in (run / "checkpoints").glob("ckpt-*.index")]
     stage2_offset = config.train.student_steps + config.train.stage1_steps + 1
-    assert max(steps) == stage2_offset + every  # one epoch of 8 / every, then the budget
+    assert max(_checkpoint_numbers(run)) == stage2_offset + every  # one epoch, then the budget
     trainer.train(config, str(small_faces), str(run), workers=0, verbose=0)
-    again = [int(path.stem.split("-")[1]) for path in (run / "checkpoints").glob("ckpt-*.index")]
-    assert max(again) == max(steps)
+    assert max(_checkpoint_numbers(run)) == stage2_offset + every
     np.testing.assert_array_equal(savedmodel.load_run(run)[0](np.ones((1, 128), np.float32)),
                                   first)
+
+
+def test_the_time_budget_counts_the_flow_stage(small_faces, tmp_path):
+    """A recipe that trains a flow pays for it from the same budget: spent in stage 1, it
+    leaves stage 2 no step."""
+    config = config_lib.get_config("smoke", ["train.time_budget_minutes=0.0001",
+                                             "train.stage1_steps=6", "train.stage2_steps=8"])
+    run = tmp_path / "run"
+    trainer.train(config, str(small_faces), str(run), workers=0, verbose=0)
+    every = config.train.checkpoint_every
+    stage1_offset = config.train.student_steps
+    numbers = _checkpoint_numbers(run)
+    assert stage1_offset + every in numbers  # stage 1 stopped at its first checkpoint
+    assert stage1_offset + 2 * every not in numbers
+    assert max(numbers) == stage1_offset + config.train.stage1_steps + 1  # no stage-2 step
+
+
+def _checkpoint_numbers(run) -> list[int]:
+    return [int(path.stem.split("-")[1]) for path in (run / "checkpoints").glob("ckpt-*.index")]

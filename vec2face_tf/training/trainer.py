@@ -344,6 +344,12 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
         return TrainResult(model_path, {}, {}, engine_queries=0,
                            student_history=student_history)
 
+    # One budget for the flow stage and the GAN: a recipe that needs a trained flow pays for
+    # it out of the same minutes (the student stage, often loaded, is outside it).
+    budget = None
+    if config.train.time_budget_minutes > 0:
+        budget = callbacks_lib.TimeBudget(config.train.time_budget_minutes,
+                                          model_path / "logs" / "time_budget.json")
     stage1_history: dict = {}
     if not (model_path / STAGE1_DONE).exists():
         stage1_history = fit_stage(
@@ -351,7 +357,8 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
             config.train.stage1_steps, every, verbose, callbacks=[
                 CheckpointEvery(manager, stage1.optimizer.iterations, every,
                                 offset=stage1_offset),
-                keras.callbacks.TensorBoard(str(model_path / "logs" / "stage1"))])
+                keras.callbacks.TensorBoard(str(model_path / "logs" / "stage1")),
+                *([budget] if budget else [])])
         save_checkpoint(manager, stage1_offset + config.train.stage1_steps)
         (model_path / STAGE1_DONE).write_text("stage 1 finished\n")
 
@@ -366,15 +373,12 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
     if config.train.monitor_every > 0:
         stage2_callbacks.append(held_out_monitor(config, engine, cache_path, held_out,
                                                  model_path / "logs" / "stage2"))
-    budget = None
-    if config.train.time_budget_minutes > 0:
-        budget = callbacks_lib.TimeBudget(config.train.time_budget_minutes,
-                                          model_path / "logs" / "stage2" / "time_budget.json")
+    if budget:
         stage2_callbacks.append(budget)
     regression_steps = regression_phase_steps(config)
     stage2_history: dict = {}
     if budget and budget.exhausted:
-        logging.info("stage 2's time budget (%.1f min) is spent: no more steps",
+        logging.info("the time budget (%.1f min) is spent: no stage-2 steps",
                      budget.minutes)
     elif int(gan.g_optimizer.iterations.numpy()) < regression_steps:
         crops, vectors, counts = distillation_faces(
