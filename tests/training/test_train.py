@@ -421,6 +421,10 @@ def test_a_time_budget_stops_stage_2_at_a_checkpoint_and_stays_spent(small_faces
     first = generator(np.ones((1, 128), np.float32))
     stage2_offset = config.train.student_steps + config.train.stage1_steps + 1
     assert max(_checkpoint_numbers(run)) == stage2_offset + every  # one epoch, then the budget
+    # Each phase's minutes and steps (for seconds per step): only the regression ran.
+    assert spent["phases"].keys() == {"regression"}
+    assert spent["phases"]["regression"]["steps"] == every
+    assert 0 < spent["phases"]["regression"]["minutes"] <= spent["minutes"]
     trainer.train(config, str(small_faces), str(run), workers=0, verbose=0)
     assert max(_checkpoint_numbers(run)) == stage2_offset + every
     np.testing.assert_array_equal(savedmodel.load_run(run)[0](np.ones((1, 128), np.float32)),
@@ -440,6 +444,8 @@ def test_the_time_budget_counts_the_flow_stage(small_faces, tmp_path):
     assert stage1_offset + every in numbers  # stage 1 stopped at its first checkpoint
     assert stage1_offset + 2 * every not in numbers
     assert max(numbers) == stage1_offset + config.train.stage1_steps + 1  # no stage-2 step
+    spent = json.loads((run / "logs" / "time_budget.json").read_text())
+    assert spent["phases"].keys() == {"stage1"} and spent["phases"]["stage1"]["steps"] == every
 
 
 def _checkpoint_numbers(run) -> list[int]:

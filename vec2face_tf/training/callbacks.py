@@ -356,6 +356,8 @@ class TimeBudget(keras.callbacks.Callback):
     The minutes count across ``fit`` calls and resumes: the total is written to
     ``state_file`` at every epoch end, and a new ``fit`` (or a resumed run) adds to it. A
     kill between two epoch ends loses at most that epoch's minutes, as it loses its steps.
+    The state also keeps minutes and steps per ``phase`` (set it before each ``fit``), so an
+    equal-time comparison can quote each phase's seconds per step.
 
     Args:
       minutes: the budget (> 0).
@@ -368,31 +370,49 @@ class TimeBudget(keras.callbacks.Callback):
             raise ValueError(f"a time budget must be > 0 minutes, got {minutes}")
         self.minutes = float(minutes)
         self.state_file = pathlib.Path(state_file)
-        self._before = self.spent()
-        self._started = time.perf_counter()
+        self.phase = "train"
+        self._on_train_begin()
+
+    def _state(self) -> dict:
+        if not self.state_file.exists():
+            return {"minutes": 0.0, "phases": {}}
+        state = json.loads(self.state_file.read_text())
+        state.setdefault("phases", {})
+        return state
 
     def spent(self) -> float:
         """Minutes spent so far, as last written."""
-        if not self.state_file.exists():
-            return 0.0
-        return float(json.loads(self.state_file.read_text())["minutes"])
+        return float(self._state()["minutes"])
 
     @property
     def exhausted(self) -> bool:
         return self.spent() >= self.minutes
 
+    def _on_train_begin(self):
+        self._written = self._state()
+        self._epoch_started = time.perf_counter()
+        self._epoch_steps = 0
+
     def on_train_begin(self, logs=None):
-        self._before = self.spent()
-        self._started = time.perf_counter()
+        self._on_train_begin()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._epoch_steps += 1
 
     def on_epoch_end(self, epoch, logs=None):
-        minutes = self._before + (time.perf_counter() - self._started) / 60.0
+        now = time.perf_counter()
+        state = self._written
+        state["minutes"] = round(float(state["minutes"]) + (now - self._epoch_started) / 60.0, 4)
+        state["budget"] = self.minutes
+        phase = state["phases"].setdefault(self.phase, {"minutes": 0.0, "steps": 0})
+        phase["minutes"] = round(phase["minutes"] + (now - self._epoch_started) / 60.0, 4)
+        phase["steps"] += self._epoch_steps
+        self._epoch_started, self._epoch_steps = now, 0
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.state_file.with_suffix(".partial")
-        temporary.write_text(json.dumps({"minutes": round(minutes, 4),
-                                         "budget": self.minutes}) + "\n")
+        temporary.write_text(json.dumps(state) + "\n")
         temporary.replace(self.state_file)
-        if minutes >= self.minutes:
+        if state["minutes"] >= self.minutes:
             self.model.stop_training = True
 
 

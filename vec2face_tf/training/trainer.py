@@ -352,6 +352,8 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
                                           model_path / "logs" / "time_budget.json")
     stage1_history: dict = {}
     if not (model_path / STAGE1_DONE).exists():
+        if budget:
+            budget.phase = "stage1"
         stage1_history = fit_stage(
             stage1, dataset_from(stage1.optimizer.iterations), stage1.optimizer.iterations,
             config.train.stage1_steps, every, verbose, callbacks=[
@@ -385,6 +387,8 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
             held_out, cache_path, extra_path if extra_sources else None, config, engine.name)
         logging.info("regression phase: %d faces (%s)", len(crops), counts)
         start = int(gan.g_optimizer.iterations.numpy())
+        if budget:
+            budget.phase = "regression"
         regression_data = strategy.distribute_datasets_from_function(
             lambda context: pipeline.make_distillation_dataset(
                 crops, vectors, global_batch, seed=config.data.seed, start_step=start,
@@ -393,6 +397,8 @@ def _train_locked(config: config_lib.Config, source: sources.FaceSource,
                                    regression_steps, every, verbose, callbacks=stage2_callbacks)
         # The critic's step reads P x K batches of another structure: trace it anew.
         gan.train_function = None
+    if budget:
+        budget.phase = "critic"
     critic_history = {} if budget and budget.exhausted else fit_stage(
         gan, dataset_from(gan.g_optimizer.iterations), gan.g_optimizer.iterations,
         config.train.stage2_steps, every, verbose, callbacks=stage2_callbacks)
