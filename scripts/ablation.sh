@@ -55,10 +55,20 @@ declare -A variants=(
 names=(1-full 2-no-metric 3-constant-weights 4-flow-student 5-no-identity 6-regression-only)
 
 train_variant() {  # <name> <cpu list>
-  local name=$1 cpus=$2
-  # shellcheck disable=SC2086  # the variant's flags are words
-  (cd "$code" && taskset -c "$cpus" "$python" train/train.py "${common[@]}" \
-      --model_dir="$out/$name" ${variants[$name]}) >> "$out/$name.train.log" 2>&1
+  local name=$1 cpus=$2 tries
+  # Lanes share the caches: a run that finds one locked by another lane's check waits and
+  # resumes (a kill or a failed start loses no budget: minutes count per checkpoint).
+  for tries in 1 2 3 4 5 6 7 8 9 10; do
+    # shellcheck disable=SC2086  # the variant's flags are words
+    if (cd "$code" && taskset -c "$cpus" "$python" train/train.py "${common[@]}" \
+        --model_dir="$out/$name" ${variants[$name]}) >> "$out/$name.train.log" 2>&1; then
+      return 0
+    fi
+    tail -n 3 "$out/$name.train.log" | grep -q "is locked by another prepare run" || return 1
+    echo "$(date -u +%FT%TZ) $name: a cache is locked by another lane; retry $tries in 20 s"
+    sleep 20
+  done
+  return 1
 }
 
 evaluate_variant() {  # <name> <cpu list>
